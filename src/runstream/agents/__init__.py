@@ -1,0 +1,8 @@
+"""Agents: async generator functions that yield events, registered by name (DESIGN.md 5)."""
+
+from __future__ import annotations
+
+from runstream.agents.context import Agent, RunContext
+from runstream.agents.registry import ENTRY_POINT_GROUP, AgentRegistry, load_registry
+
+__all__ = ["ENTRY_POINT_GROUP", "Agent", "AgentRegistry", "RunContext", "load_registry"]

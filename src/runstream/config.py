@@ -1,0 +1,112 @@
+"""Settings: every ``RUNSTREAM_*`` environment variable, read and checked in one place.
+
+A bad value fails at start with one line that names the variable and says what to fix
+(:func:`load_settings` raises :class:`~runstream.errors.ConfigError`; the CLI prints it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from runstream.errors import ConfigError
+
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a runstream process (DESIGN.md section 6)."""
+
+    model_config = SettingsConfigDict(env_prefix="RUNSTREAM_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite+aiosqlite:///./runstream.db"
+    redis_max_connections: int = Field(default=8, ge=1, le=1000)
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    jwt_secret: str | None = None
+    event_ttl_s: int = Field(default=86400, ge=1)
+    max_event_bytes: int = Field(default=1024 * 1024, ge=64)
+    max_input_bytes: int = Field(default=1024 * 1024, ge=64)
+    heartbeat_s: float = Field(default=15.0, gt=0)
+    stop_grace_s: float = Field(default=5.0, ge=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    worker_lost_s: float = Field(default=30.0, ge=1)
+    worker_concurrency: int = Field(default=100, ge=1, le=10000)
+    agents: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    instance: str = Field(default_factory=lambda: secrets.token_hex(4))
+    queue_name: str = "runs"
+    subscriber_queue_size: int = Field(default=256, ge=1)
+    pubsub_ping_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("api_keys", "agents", mode="before")
+    @classmethod
+    def _parse_pairs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_pairs(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            raise ValueError("must look like sqlite:///path.db or postgresql://user@host/db")
+        base = scheme.split("+", 1)[0]
+        if base not in _ASYNC_DRIVERS:
+            raise ValueError("only sqlite and postgresql are supported")
+        return f"{_ASYNC_DRIVERS[base]}://{rest}"
+
+    @field_validator("instance")
+    @classmethod
+    def _check_instance(cls, value: str) -> str:
+        # The instance is part of CLIENT SETNAME, where a space or colon would break
+        # every connect or the role:instance:purpose parsing.
+        if not value or any(c.isspace() or c == ":" for c in value):
+            raise ValueError("must be non-empty, without spaces or colons")
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry an API key or a JWT."""
+        return bool(self.api_keys) or bool(self.jwt_secret)
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """Parse ``"a=x,b=y"`` into ``{"a": "x", "b": "y"}``; raise ValueError when malformed."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"expected name=value pairs separated by commas, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus ``overrides``), or raise ConfigError with one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise ConfigError(
+            f"RUNSTREAM_{field.upper()}: {first['msg']} (fix the environment variable)"
+        ) from None

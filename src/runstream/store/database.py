@@ -1,0 +1,103 @@
+"""Opening and closing the database: one AsyncEngine per process, owned by ``open_store``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from runstream.store.repository import RunStore, create_schema, database_errors
+
+CONNECT_TIMEOUT_S = 2.0
+"""How long opening one connection may take before the database counts as down."""
+
+POOL_SIZE = 5
+POOL_TIMEOUT_S = 10.0
+"""How long a caller waits for a free pooled connection before TooManyConnections."""
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+@asynccontextmanager
+async def open_store(database_url: str) -> AsyncIterator[RunStore]:
+    """Connect to ``database_url``, create missing tables, and yield a RunStore.
+
+    ``database_url`` is ``sqlite+aiosqlite://...`` or ``postgresql+asyncpg://...``. Every
+    pooled connection is closed on exit, on success, error and cancellation alike.
+    Raises BackendUnavailable when the database cannot be reached.
+    """
+    engine = create_engine(database_url)
+    try:
+        with database_errors():
+            async with engine.begin() as connection:
+                await create_schema(connection)
+        yield RunStore(async_sessionmaker(engine, expire_on_commit=False))
+    finally:
+        await _dispose(engine)
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An AsyncEngine with a small bounded pool, tuned for the URL's backend."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        return _postgresql_engine(url)
+    raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
+
+
+def _postgresql_engine(url: URL) -> AsyncEngine:
+    connect_args: dict[str, Any] = {}
+    if "timeout" not in url.query:  # an explicit ?timeout= in the URL wins
+        connect_args["timeout"] = CONNECT_TIMEOUT_S
+    return create_async_engine(
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
+        # Connections that died with a restarted server are replaced, not handed out.
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    if url.database in (None, "", ":memory:"):
+        # An in-memory database lives in one connection: SQLAlchemy's StaticPool, no sizing.
+        engine = create_async_engine(url)
+    else:
+        engine = create_async_engine(
+            url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_S
+        )
+    event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL: readers never block the writer, so API and worker processes share the file.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Writers queue for the lock instead of failing at once with "database is locked".
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+async def _dispose(engine: AsyncEngine) -> None:
+    # Shielded so a cancelled owner still closes every connection; if the cancellation
+    # arrives meanwhile, wait for the close to finish (no orphan task), then re-raise.
+    disposal = asyncio.ensure_future(engine.dispose())
+    try:
+        await asyncio.shield(disposal)
+    except asyncio.CancelledError:
+        await disposal
+        raise

@@ -1,0 +1,374 @@
+"""RunStore: every SQL statement runstream sends, and nowhere else.
+
+Each method is one short transaction of its own. State changes are single conditional
+``UPDATE ... WHERE status IN (...) RETURNING`` statements, so two processes racing on
+the same run cannot both win. Datetimes go in and come out timezone-aware UTC.
+Connection failures leave as :class:`~runstream.errors.BackendUnavailable`, translated
+in one place, :func:`database_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exc, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from runstream.errors import BackendUnavailable, TooManyConnections
+from runstream.models import Event, Run, RunStatus
+from runstream.store.tables import EventRow, RunRow, metadata
+
+ARCHIVE_BATCH = 500
+"""Events per INSERT when archiving: far below SQLite's and asyncpg's parameter limits."""
+
+# What "the database cannot serve us now" looks like: SQLAlchemy's wrappers of the
+# drivers' connection errors, and the socket errors and connect timeouts that asyncpg
+# raises unwrapped while a connection is being opened.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+# PostgreSQL SQLSTATE classes of errors about the server or the connection, not the SQL:
+# connection exception, bad credentials, unknown database, insufficient resources,
+# server shutting down or starting up. asyncpg reports them while connecting, where
+# SQLAlchemy wraps them as a bare DBAPIError.
+_UNAVAILABLE_SQLSTATES = ("08", "28", "3D", "53", "57P")
+_TOO_MANY_CLIENTS = "53300"
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn connection-level database errors into BackendUnavailable.
+
+    The pool running dry and the server refusing more clients become its subclass
+    TooManyConnections. Anything else (an IntegrityError, a bug) passes unchanged.
+    """
+    try:
+        yield
+    except exc.TimeoutError as error:  # the pool had no free connection within pool_timeout
+        raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
+    except (*_UNAVAILABLE, exc.DBAPIError) as error:
+        sqlstate = _sqlstate(error)
+        if sqlstate == _TOO_MANY_CLIENTS:
+            raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
+        if (
+            isinstance(error, _UNAVAILABLE)
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            or (isinstance(error, exc.DBAPIError) and error.connection_invalidated)
+        ):
+            raise BackendUnavailable(f"database unavailable: {_first_line(error)}") from error
+        raise
+
+
+def _sqlstate(error: BaseException) -> str:
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    sqlstate = getattr(cause, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else ""
+
+
+def _first_line(error: BaseException) -> str:
+    # SQLAlchemy appends the SQL and a documentation link; the driver's message is enough.
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+async def create_schema(connection: AsyncConnection) -> None:
+    """Create the tables if missing, safe when several processes start at once.
+
+    A schema lock comes first, so the second process to start waits for the first and
+    then finds the tables, instead of failing on "already exists".
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        # Transaction-scoped: released by the commit that also publishes the tables.
+        await connection.execute(text("SELECT pg_advisory_xact_lock(7406221501)"))
+    elif dialect == "sqlite":
+        # pysqlite runs DDL outside any transaction; take the write lock explicitly.
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
+    await connection.run_sync(metadata.create_all)
+
+
+class RunStore:
+    """Run records and archived events, over an async SQLAlchemy sessionmaker."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the sessions are bound to (for pool introspection and tests)."""
+        bind = self._sessionmaker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            raise RuntimeError("RunStore's sessionmaker is not bound to an AsyncEngine")
+        return bind
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        with database_errors():
+            async with self._sessionmaker() as session, session.begin():
+                yield session
+
+    async def ping(self) -> None:
+        """Check the database answers; raises BackendUnavailable when it does not."""
+        async with self._transaction() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def create_run(
+        self,
+        *,
+        run_id: str,
+        principal: str,
+        agent: str,
+        input: dict[str, Any],
+        thread_id: str | None,
+        metadata: dict[str, Any],
+        idempotency_key: str | None,
+        created_at: datetime,
+    ) -> tuple[Run, bool]:
+        """Insert a queued run; returns ``(run, True)``.
+
+        When ``idempotency_key`` is given and this principal already has a run with it,
+        returns ``(that run, False)`` and inserts nothing, also when the other run is
+        being created concurrently.
+        """
+        if idempotency_key is not None:
+            existing = await self._by_idempotency_key(principal, idempotency_key)
+            if existing is not None:
+                return existing, False
+        row = RunRow(
+            id=run_id,
+            principal=principal,
+            agent=agent,
+            status=RunStatus.QUEUED.value,
+            input=input,
+            thread_id=thread_id,
+            meta=metadata,
+            idempotency_key=idempotency_key,
+            created_at=_to_utc(created_at),
+            last_seq=0,
+        )
+        try:
+            async with self._transaction() as session:
+                session.add(row)
+                await session.flush()
+                return _to_run(row), True
+        except exc.IntegrityError:
+            # A concurrent request with the same key inserted first: its run is the answer.
+            if idempotency_key is None:
+                raise
+            existing = await self._by_idempotency_key(principal, idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+
+    async def _by_idempotency_key(self, principal: str, key: str) -> Run | None:
+        query = select(RunRow).where(RunRow.principal == principal, RunRow.idempotency_key == key)
+        async with self._transaction() as session:
+            row = await session.scalar(query)
+            return None if row is None else _to_run(row)
+
+    async def get_run(self, run_id: str, principal: str | None = None) -> Run | None:
+        """The run, or None if it does not exist or (given ``principal``) is not theirs."""
+        query = select(RunRow).where(RunRow.id == run_id)
+        if principal is not None:
+            query = query.where(RunRow.principal == principal)
+        async with self._transaction() as session:
+            row = await session.scalar(query)
+            return None if row is None else _to_run(row)
+
+    async def list_runs(
+        self,
+        principal: str,
+        *,
+        status: RunStatus | None,
+        thread_id: str | None,
+        limit: int,
+        before: tuple[datetime, str] | None,
+    ) -> list[Run]:
+        """A principal's runs, newest first by ``(created_at, id)``.
+
+        ``before`` is the ``(created_at, id)`` of the last run of the previous page; only
+        runs strictly after it in that order are returned.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        query = select(RunRow).where(RunRow.principal == principal)
+        if status is not None:
+            query = query.where(RunRow.status == status.value)
+        if thread_id is not None:
+            query = query.where(RunRow.thread_id == thread_id)
+        if before is not None:
+            moment, last_id = _to_utc(before[0]), before[1]
+            query = query.where(
+                or_(
+                    RunRow.created_at < moment,
+                    and_(RunRow.created_at == moment, RunRow.id < last_id),
+                )
+            )
+        query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+        async with self._transaction() as session:
+            return [_to_run(row) for row in await session.scalars(query)]
+
+    async def delete_run(self, run_id: str) -> None:
+        """Delete a run and its archived events; nothing happens if it does not exist."""
+        async with self._transaction() as session:
+            await session.execute(delete(RunRow).where(RunRow.id == run_id))
+
+    async def mark_running(self, run_id: str, started_at: datetime) -> Run | None:
+        """Move a queued run to running; None (and no change) if it was not queued."""
+        return await self._transition(
+            run_id,
+            (RunStatus.QUEUED,),
+            status=RunStatus.RUNNING.value,
+            started_at=_to_utc(started_at),
+        )
+
+    async def stop_queued(self, run_id: str, completed_at: datetime) -> Run | None:
+        """Stop a run that never started; None (and no change) if it was not queued.
+
+        ``last_seq`` becomes 1: the terminal status event is the only event of such a run.
+        """
+        return await self._transition(
+            run_id,
+            (RunStatus.QUEUED,),
+            status=RunStatus.STOPPED.value,
+            completed_at=_to_utc(completed_at),
+            error=None,
+            last_seq=1,
+        )
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        error: str | None,
+        last_seq: int,
+        completed_at: datetime,
+        from_statuses: tuple[RunStatus, ...] = (RunStatus.RUNNING,),
+    ) -> Run | None:
+        """Write a run's final state; None (and no change) if it was not in ``from_statuses``."""
+        return await self._transition(
+            run_id,
+            from_statuses,
+            status=status.value,
+            error=error,
+            last_seq=last_seq,
+            completed_at=_to_utc(completed_at),
+        )
+
+    async def _transition(
+        self, run_id: str, from_statuses: tuple[RunStatus, ...], **values: Any
+    ) -> Run | None:
+        # One conditional UPDATE: the status check and the write cannot be interleaved
+        # by another process, whatever the isolation level.
+        statement = (
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.status.in_([s.value for s in from_statuses]))
+            .values(**values)
+            .returning(RunRow)
+            # A fresh session has nothing in its identity map to keep in step.
+            .execution_options(synchronize_session=False)
+        )
+        async with self._transaction() as session:
+            row = await session.scalar(statement)
+            return None if row is None else _to_run(row)
+
+    async def archive_events(self, run_id: str, events: Sequence[Event]) -> None:
+        """Store a run's events; events already archived (same ``seq``) are skipped.
+
+        Each batch is its own transaction, so archiving a long run never holds SQLite's
+        write lock for long; a retry after a partial failure fills in what is missing.
+        """
+        for start in range(0, len(events), ARCHIVE_BATCH):
+            rows = [
+                {"run_id": run_id, "seq": event.seq, "type": event.type, "data": event.data}
+                for event in events[start : start + ARCHIVE_BATCH]
+            ]
+            async with self._transaction() as session:
+                await session.execute(_insert_events_ignoring_duplicates(session), rows)
+
+    async def read_events(self, run_id: str, after: int, limit: int) -> list[Event]:
+        """Archived events of a run with ``seq > after``, in ``seq`` order, at most ``limit``."""
+        query = (
+            select(EventRow)
+            .where(EventRow.run_id == run_id, EventRow.seq > after)
+            .order_by(EventRow.seq)
+            .limit(limit)
+        )
+        async with self._transaction() as session:
+            return [
+                Event(seq=row.seq, type=row.type, data=bytes(row.data))
+                for row in await session.scalars(query)
+            ]
+
+    async def runs_with_status(
+        self,
+        status: RunStatus,
+        *,
+        started_before: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 500,
+    ) -> list[Run]:
+        """Runs in ``status``, oldest first, optionally only those started/created before a time."""
+        query = select(RunRow).where(RunRow.status == status.value)
+        if started_before is not None:
+            query = query.where(RunRow.started_at < _to_utc(started_before))
+        if created_before is not None:
+            query = query.where(RunRow.created_at < _to_utc(created_before))
+        query = query.order_by(RunRow.created_at, RunRow.id).limit(limit)
+        async with self._transaction() as session:
+            return [_to_run(row) for row in await session.scalars(query)]
+
+
+def _insert_events_ignoring_duplicates(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(EventRow).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+    if dialect == "sqlite":
+        return sqlite_insert(EventRow).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+    raise NotImplementedError(f"archiving events is not implemented for {dialect}")
+
+
+def _to_utc(moment: datetime) -> datetime:
+    # SQLite keeps the wall-clock digits and drops the offset, so everything is stored
+    # in UTC; a naive datetime is a caller's bug that would be silently misfiled.
+    if moment.tzinfo is None:
+        raise ValueError(f"datetime must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(UTC)
+
+
+def _from_db(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite returns the stored UTC digits without an offset.
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _to_run(row: RunRow) -> Run:
+    created_at = _from_db(row.created_at)
+    assert created_at is not None  # the column is NOT NULL
+    return Run(
+        id=row.id,
+        principal=row.principal,
+        agent=row.agent,
+        status=RunStatus(row.status),
+        input=row.input,
+        thread_id=row.thread_id,
+        metadata=row.meta,
+        created_at=created_at,
+        started_at=_from_db(row.started_at),
+        completed_at=_from_db(row.completed_at),
+        error=row.error,
+        last_seq=row.last_seq,
+    )

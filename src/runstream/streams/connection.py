@@ -1,0 +1,118 @@
+"""Command connections to Redis: one bounded, named, blocking pool per process.
+
+Also the one place where redis-py's connection errors become runstream's
+(:func:`redis_errors`), so "Too many connections" is recognised and named wherever it
+happens, whichever of its three spellings redis-py uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from runstream.errors import BackendUnavailable, TooManyConnections
+from runstream.streams.keys import client_name
+
+log = structlog.get_logger(__name__)
+
+# Words redis-py and the server use when a connection budget is exhausted: our pool
+# ("No connection available."), a non-blocking pool ("Too many connections") and the
+# server's maxclients ("max number of clients reached").
+_BUDGET_MESSAGES = ("no connection available", "too many connections", "max number of clients")
+
+
+def is_budget_error(exc: BaseException) -> bool:
+    """True when ``exc`` says a connection budget (pool or server) is exhausted."""
+    text = str(exc).lower()
+    return isinstance(exc, RedisConnectionError) and any(m in text for m in _BUDGET_MESSAGES)
+
+
+def small_retry() -> Retry:
+    """One quick retry: enough to replace a connection that died with a restarted server,
+    small enough that a refused connection is answered in milliseconds, not seconds."""
+    return Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1)
+
+
+def connection_kwargs(redis_url: str, name: str) -> dict[str, Any]:
+    """Keyword arguments shared by every pool runstream makes (URL options included)."""
+    from redis.asyncio.connection import parse_url
+
+    kwargs: dict[str, Any] = dict(parse_url(redis_url))
+    kwargs.update(
+        client_name=name,
+        socket_connect_timeout=2.0,
+        retry=small_retry(),
+    )
+    return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """How many connections a pool holds, by state."""
+
+    in_use: int
+    idle: int
+    max: int
+
+
+def pool_stats(pool: ConnectionPool) -> PoolStats:
+    """Read a redis-py pool's counters (they are not public API, so this is the one reader)."""
+    return PoolStats(
+        in_use=len(pool._in_use_connections),
+        idle=len(pool._available_connections),
+        max=pool.max_connections,
+    )
+
+
+@asynccontextmanager
+async def open_redis(
+    redis_url: str,
+    *,
+    role: str,
+    instance: str,
+    purpose: str = "cmd",
+    max_connections: int = 8,
+    timeout: float = 2.0,
+) -> AsyncIterator[Redis]:
+    """A Redis client over a blocking pool of at most ``max_connections`` named connections.
+
+    A caller that finds every connection busy waits up to ``timeout`` seconds, then gets
+    TooManyConnections (through :func:`redis_errors`) instead of a new connection.
+    """
+    pool = BlockingConnectionPool(
+        max_connections=max_connections,
+        timeout=timeout,
+        **connection_kwargs(redis_url, client_name(role, instance, purpose)),
+    )
+    client = Redis(connection_pool=pool)
+    try:
+        yield client
+    finally:
+        # Shielded: a second cancellation must not leave sockets open.
+        await asyncio.shield(pool.aclose())
+
+
+@contextmanager
+def redis_errors(*, role: str, instance: str) -> Iterator[None]:
+    """Translate redis-py's errors into BackendUnavailable / TooManyConnections, and log
+    an exhausted budget as "Too many connections" with the role and instance."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        if is_budget_error(exc):
+            log.error("Too many connections", role=role, instance=instance, cause=str(exc))
+            raise TooManyConnections(f"Too many connections: {exc}") from exc
+        raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+    except RedisError as exc:
+        raise BackendUnavailable(f"Redis error: {exc}") from exc

@@ -1,0 +1,94 @@
+"""A run's event log in Redis: append-and-notify in one round trip, read by ``seq``.
+
+The log is a Redis STREAM whose entry ids are ``<seq>-0``, so Redis itself refuses a
+``seq`` that goes back. One Lua script appends a batch of events, PUBLISHes one
+notification per event carrying its ``seq``, type and JSON, and refreshes the TTL: a
+reader that sees ``seq`` n+2 after n knows it missed n+1 and reads it here. Appends are
+idempotent: an event whose ``seq`` is already in the log is skipped, so a retried call
+never duplicates. Reading never trims or deletes.
+
+Notification payload: ``b"<seq>\\n<type>\\n<json>"`` (see :func:`decode_notification`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from runstream.models import Event
+from runstream.streams import keys
+
+_APPEND = """
+local last = 0
+local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #tail > 0 then last = tonumber(string.match(tail[1][1], '^(%d+)')) end
+local added = 0
+for i = 3, #ARGV, 3 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2])
+    redis.call('PUBLISH', ARGV[1], ARGV[i] .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2])
+    last = seq
+    added = added + 1
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return added
+"""
+
+
+class EventLog:
+    """Appends to and reads from the per-run logs, through the process's command pool."""
+
+    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._append = redis.register_script(_APPEND)
+
+    async def append(self, run_id: str, events: Sequence[Event]) -> int:
+        """Append ``events`` (increasing ``seq``) and notify readers; returns how many were new."""
+        if not events:
+            return 0
+        args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
+        for event in events:
+            args.extend((event.seq, event.type, event.data))
+        added: int = await self._append(keys=[keys.run_events(run_id)], args=args)
+        return added
+
+    async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:
+        """Up to ``limit`` events with ``seq > after``, in order."""
+        entries = await self._redis.xrange(
+            keys.run_events(run_id), min=f"{after + 1}-0", max="+", count=limit
+        )
+        return [_entry_to_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def last_seq(self, run_id: str) -> int | None:
+        """The highest ``seq`` in the log, or None when the log does not exist."""
+        tail = await self._redis.xrevrange(keys.run_events(run_id), count=1)
+        if not tail:
+            return None
+        return _seq_of(tail[0][0])
+
+    async def exists(self, run_id: str) -> bool:
+        """Whether Redis still holds any of the run's log."""
+        return bool(await self._redis.exists(keys.run_events(run_id)))
+
+    async def expire(self, run_id: str) -> None:
+        """Restart the log's TTL (done once more when the run ends)."""
+        await self._redis.expire(keys.run_events(run_id), self._ttl_s)
+
+
+def decode_notification(payload: bytes) -> Event:
+    """Turn an append notification back into the event it announces."""
+    seq, kind, data = payload.split(b"\n", 2)
+    return Event(seq=int(seq), type=kind.decode(), data=data)
+
+
+def _seq_of(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])
+
+
+def _entry_to_event(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
+    return Event(seq=_seq_of(entry_id), type=fields[b"t"].decode(), data=fields[b"d"])

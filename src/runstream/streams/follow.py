@@ -1,0 +1,155 @@
+"""Following a run: replay its log after a cursor, then go live, with no gap and no duplicate.
+
+The order is the one DESIGN.md's delivery rules require: listen first (the subscription
+is confirmed before anything is read), then read the log after the cursor, then merge
+live notifications by ``seq``, dropping what was already delivered and reading the log
+whenever a ``seq`` is skipped, a subscriber overflowed, or the connection was rebuilt.
+Pub/sub is only a hint (I6): every event reaches the reader from the log or from a
+notification of an event already in the log.
+
+When Redis no longer holds the log (expired, or lost with a restarted server), a finished
+run is replayed from the database archive; events that exist nowhere any more are
+announced with one ``gap`` event. The stream ends after the terminal status event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from runstream.models import Event, Run, gap_event, status_event
+from runstream.streams import keys
+from runstream.streams.eventlog import EventLog, decode_notification
+from runstream.streams.pubsub import RESYNC, PubSubHub
+
+PAGE = 500
+
+LoadRun = Callable[[str], Awaitable[Run | None]]
+ReadArchive = Callable[[str, int, int], Awaitable[list[Event]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where a follower reads from: the live hub, the Redis log and the database."""
+
+    hub: PubSubHub
+    log: EventLog
+    load_run: LoadRun
+    read_archive: ReadArchive
+
+
+class _Cursor:
+    """Tracks the last ``seq`` handed to the reader and whether the run is over."""
+
+    def __init__(self, after: int) -> None:
+        self.seq = after
+        self.finished = False
+
+    def accept(self, event: Event) -> bool:
+        """True if ``event`` is the next one to deliver; advances the cursor."""
+        if event.seq <= self.seq:
+            return False
+        self.seq = event.seq
+        self.finished = event.is_terminal
+        return True
+
+
+async def follow(
+    run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0
+) -> AsyncIterator[Event]:
+    """Yield the run's events with ``seq > after`` until its terminal status event.
+
+    ``poll_s`` bounds how long the follower trusts a silent channel before it looks at
+    the log again. Consume it inside ``contextlib.aclosing`` so the subscription is
+    released the moment the consumer leaves.
+    """
+    cursor = _Cursor(after)
+    async with sources.hub.subscribe(keys.run_notify(run_id)) as sub:
+        stale = True  # the log must be read before trusting notifications
+        while not cursor.finished:
+            if stale:
+                async for event in _catch_up(run_id, cursor, sources):
+                    yield event
+                stale = False
+                continue
+            try:
+                async with asyncio.timeout(poll_s):
+                    message = await sub.get()
+            except TimeoutError:
+                stale = True
+                continue
+            if message is RESYNC:
+                stale = True
+                continue
+            assert isinstance(message, bytes)
+            event = decode_notification(message)
+            if event.seq == cursor.seq + 1:
+                cursor.accept(event)
+                yield event
+            elif event.seq > cursor.seq + 1:
+                stale = True  # skipped one or more: the log has them
+
+
+async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+    """Deliver everything after the cursor that Redis or the archive still holds."""
+    delivered = False
+    while not cursor.finished:
+        batch = await sources.log.read(run_id, cursor.seq, PAGE)
+        if not batch:
+            break
+        if batch[0].seq > cursor.seq + 1:
+            yield _skip_to(cursor, batch[0].seq - 1)
+        for event in batch:
+            if cursor.accept(event):
+                delivered = True
+                yield event
+            if cursor.finished:
+                return
+        if len(batch) < PAGE:
+            break
+    if delivered or cursor.finished:
+        return
+    # Nothing new in Redis: either the run goes on, or it is over and its log is gone
+    # (expired, or lost with a restarted server), or the reader already has it all.
+    run = await sources.load_run(run_id)
+    if run is None or not run.status.is_final:
+        return
+    if cursor.seq >= run.last_seq:
+        cursor.finished = True
+        return
+    async for event in _from_archive(run, cursor, sources):
+        yield event
+
+
+async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+    """Replay a finished run from the database, then make sure it ends with its status."""
+    while not cursor.finished:
+        batch = await sources.read_archive(run.id, cursor.seq, PAGE)
+        if not batch:
+            break
+        if batch[0].seq > cursor.seq + 1:
+            yield _skip_to(cursor, batch[0].seq - 1)
+        for event in batch:
+            if cursor.accept(event):
+                yield event
+    if cursor.finished:
+        return
+    # The terminal event is in neither place (the record is final before it is appended,
+    # or it was lost): the record says how the run ended, and what is missing before it
+    # is a gap. The rebuilt event equals the worker's: same seq, status, error and ts.
+    final_seq = max(run.last_seq, cursor.seq + 1)
+    if final_seq - 1 > cursor.seq:
+        yield _skip_to(cursor, final_seq - 1)
+    final = status_event(
+        run.status, final_seq, run.completed_at or run.created_at, run.error
+    )
+    cursor.accept(final)
+    yield final
+
+
+def _skip_to(cursor: _Cursor, last_missing: int) -> Event:
+    """The ``gap`` event for everything between the cursor and ``last_missing``."""
+    gap = gap_event(cursor.seq + 1, last_missing)
+    cursor.seq = last_missing
+    return gap

@@ -1,0 +1,50 @@
+"""The only module that knows Redis key and channel names.
+
+Every key runstream writes has a TTL (DESIGN.md I7); the TTL is set by whoever writes it.
+Per-run keys share the hash tag ``{<run id>}`` so a future Redis Cluster keeps a run's
+keys in one slot (the append script touches several of them at once).
+"""
+
+from __future__ import annotations
+
+PREFIX = "runstream"
+
+
+def run_events(run_id: str) -> str:
+    """Redis STREAM holding the run's log; entry id ``<seq>-0``, fields ``t`` and ``d``."""
+    return f"{PREFIX}:run:{{{run_id}}}:events"
+
+
+def run_notify(run_id: str) -> str:
+    """Pub/sub channel announcing each appended event (payload: see ``eventlog``)."""
+    return f"{PREFIX}:run:{{{run_id}}}:notify"
+
+
+def run_control(run_id: str) -> str:
+    """Pub/sub channel for control messages to the worker that owns the run."""
+    return f"{PREFIX}:run:{{{run_id}}}:control"
+
+
+def run_stop(run_id: str) -> str:
+    """Durable stop flag: present means a stop was requested."""
+    return f"{PREFIX}:run:{{{run_id}}}:stop"
+
+
+def run_lock(run_id: str) -> str:
+    """Per-run lock; value is the owning worker instance, PX renewed while it lives."""
+    return f"{PREFIX}:run:{{{run_id}}}:lock"
+
+
+def hub_channel(role: str, instance: str) -> str:
+    """A process's private channel, always subscribed so the pub/sub connection is never idle."""
+    return f"{PREFIX}:hub:{role}:{instance}"
+
+
+def client_name(role: str, instance: str, purpose: str) -> str:
+    """The ``CLIENT SETNAME`` of every connection: ``runstream:<role>:<instance>:<purpose>``."""
+    return f"{PREFIX}:{role}:{instance}:{purpose}"
+
+
+def queue_prefix(queue_name: str) -> str:
+    """Name of the task queue inside Redis (the queue library derives its keys from it)."""
+    return f"{PREFIX}:queue:{queue_name}"

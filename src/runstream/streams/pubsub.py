@@ -1,0 +1,396 @@
+"""The only module that touches Redis pub/sub: one shared connection per process.
+
+:class:`PubSubHub` multiplexes every local subscriber over a single named pub/sub
+connection (DESIGN.md I2). Channels are reference-counted: the first local subscriber
+of a channel subscribes it on the server, the last one unsubscribes it. Each subscriber
+gets a bounded :class:`Subscription`; a subscriber that falls behind is not allowed to
+grow memory or to slow the others: its queue is emptied and it receives :data:`RESYNC`,
+which tells it to catch up from the event log (I6, I7). Every reconnect also sends
+:data:`RESYNC` to every subscriber, because messages published while disconnected are
+lost.
+
+One task, the reader, owns the connection: it reads, answers the watchdog, and on any
+error tears the PubSub down (``aclose()``, shielded) and builds a fresh one that
+subscribes the wanted channels in one command. Other tasks only send SUBSCRIBE and
+UNSUBSCRIBE, under a lock, reconciling the server's channel set with the wanted one;
+so an UNSUBSCRIBE can never land after a newer SUBSCRIBE of the same channel.
+
+Publishing needs no subscription connection: :func:`publish` uses the command pool. The
+event log's append script also PUBLISHes, atomically with the append (``eventlog``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from runstream.errors import SubscribeError
+from runstream.streams.connection import connection_kwargs, is_budget_error
+from runstream.streams.keys import client_name, hub_channel
+
+log = structlog.get_logger(__name__)
+
+
+class _Resync:
+    """Marker telling a subscriber that messages may have been lost."""
+
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+RESYNC: Final = _Resync()
+
+Message = bytes | _Resync
+
+
+class Subscription:
+    """One local subscriber's bounded view of one channel."""
+
+    def __init__(self, channel: str, maxsize: int) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize)
+        self.overflows = 0
+
+    async def get(self) -> Message:
+        """The next message, or :data:`RESYNC` when some may have been missed."""
+        return await self._queue.get()
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.overflows += 1
+            self._resync()
+
+    def _resync(self) -> None:
+        # Anything still queued is older than the log the subscriber is about to read.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(RESYNC)
+
+
+@dataclass(frozen=True, slots=True)
+class HubStats:
+    """A snapshot of the hub for health checks and metrics."""
+
+    connected: bool
+    channels: int
+    subscribers: int
+    reconnects: int
+    seconds_since_pong: float | None
+
+
+class PubSubHub:
+    """Shares one pub/sub connection among every subscriber of the process.
+
+    Create it with :func:`open_hub`; subscribe with ``async with hub.subscribe(ch) as sub``.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        role: str,
+        instance: str,
+        queue_size: int = 256,
+        ping_interval: float = 5.0,
+        confirm_timeout: float = 5.0,
+    ) -> None:
+        self._role = role
+        self._instance = instance
+        self._queue_size = queue_size
+        self._ping_interval = ping_interval
+        self._confirm_timeout = confirm_timeout
+        self._private = hub_channel(role, instance)
+        # One connection at most: a bug that asks for a second fails at once.
+        self._pool = ConnectionPool(
+            max_connections=1,
+            **connection_kwargs(redis_url, client_name(role, instance, "pubsub")),
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._ps: PubSub | None = None
+        self._lock = asyncio.Lock()  # serialises commands against reconnects
+        self._wakeups: dict[str, asyncio.Event] = {}  # set when a channel may be confirmed
+        self._wanted: dict[str, set[Subscription]] = {}
+        self._requested: set[str] = set()  # what we last asked the server for
+        self._pending: dict[str, int] = {}  # SUBSCRIBE confirmations still to come
+        self._confirmed: set[str] = set()
+        self._broken = False
+        self._closing = False
+        self._reconnects = 0
+        self._ping_sent_at: float | None = None
+        self._last_pong: float | None = None
+
+    # -- public API -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        """Listen to ``channel`` until the block exits.
+
+        Returns once the server has confirmed the subscription, so whatever is published
+        after this point reaches the subscription. Raises SubscribeError when the
+        confirmation does not come within the confirm timeout.
+        """
+        if self._closing:
+            raise SubscribeError("the pub/sub hub is closed")
+        sub = Subscription(channel, self._queue_size)
+        # Registered locally before any await: a concurrent first subscriber of the same
+        # channel sees it, and the finally below can always discard it.
+        self._wanted.setdefault(channel, set()).add(sub)
+        try:
+            await self._reconcile(channel)
+            await self._wait_confirmed(channel)
+            yield sub
+        finally:
+            subs = self._wanted.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._wanted[channel]
+            await asyncio.shield(self._reconcile(channel))
+
+    def stats(self) -> HubStats:
+        """Connection state and subscription counts, for /healthz and /metrics."""
+        return HubStats(
+            connected=self.healthy,
+            channels=len(self._wanted),
+            subscribers=sum(len(s) for s in self._wanted.values()),
+            reconnects=self._reconnects,
+            seconds_since_pong=None
+            if self._last_pong is None
+            else time.monotonic() - self._last_pong,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Connected, and the watchdog's last ping was answered in time."""
+        if self._ps is None or self._broken:
+            return False
+        return not self._pong_overdue(time.monotonic())
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until the hub holds a live connection; False on timeout."""
+        try:
+            await self._wait_for(self._private, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- subscription bookkeeping -----------------------------------------------------
+
+    async def _reconcile(self, channel: str) -> None:
+        """Make the server's subscription of ``channel`` match whether anyone wants it."""
+        async with self._lock:
+            ps = self._ps
+            wanted = channel in self._wanted
+            if ps is None or wanted == (channel in self._requested):
+                return  # no connection (the reconnect will subscribe it) or nothing to do
+            try:
+                if wanted:
+                    self._confirmed.discard(channel)
+                    self._pending[channel] = self._pending.get(channel, 0) + 1
+                    self._requested.add(channel)
+                    await ps.subscribe(channel)
+                else:
+                    self._requested.discard(channel)
+                    self._confirmed.discard(channel)
+                    await ps.unsubscribe(channel)
+            except (RedisError, OSError) as exc:
+                # The reader notices the dead connection and resubscribes everything.
+                log.warning("pubsub command failed", channel=channel, error=str(exc))
+                self._broken = True
+
+    async def _wait_confirmed(self, channel: str) -> None:
+        try:
+            await self._wait_for(channel, self._confirm_timeout)
+        except TimeoutError:
+            raise SubscribeError(
+                f"subscription to {channel} not confirmed within {self._confirm_timeout}s"
+            ) from None
+
+    async def _wait_for(self, channel: str, timeout: float) -> None:
+        # Plain Events rather than a Condition: a cancelled Condition waiter must
+        # re-take its lock, which on Python 3.11 can leave the cancelled task stuck.
+        async with asyncio.timeout(timeout):
+            while channel not in self._confirmed:
+                await self._wakeups.setdefault(channel, asyncio.Event()).wait()
+
+    def _wake(self, channel: str | None = None) -> None:
+        """Let waiters of ``channel`` (of every channel when None) look again."""
+        if channel is None:
+            events, self._wakeups = list(self._wakeups.values()), {}
+        else:
+            event = self._wakeups.pop(channel, None)
+            events = [] if event is None else [event]
+        for event in events:
+            event.set()
+
+    def _on_subscribed(self, channel: str) -> None:
+        left = self._pending.get(channel, 0) - 1
+        if left < 0:
+            # A confirmation nobody asked for: redis-py reconnected and resubscribed on its
+            # own, so messages may have been lost in between.
+            self._resync_all()
+            left = 0
+        if left == 0:
+            self._pending.pop(channel, None)
+            if channel in self._requested:
+                self._confirmed.add(channel)
+        else:
+            self._pending[channel] = left
+        self._wake(channel)
+
+    def _dispatch(self, channel: str, data: bytes) -> None:
+        for sub in tuple(self._wanted.get(channel, ())):
+            sub._deliver(data)
+
+    def _resync_all(self) -> None:
+        for subs in self._wanted.values():
+            for sub in subs:
+                sub._resync()
+
+    # -- the reader -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Own the connection until closed: connect, read, reconnect with backoff."""
+        backoff = 0.05
+        while not self._closing:
+            try:
+                await self._connect()
+                backoff = 0.05
+                await self._read_until_error()
+            except Exception as exc:  # the reader must outlive any failure of Redis
+                if not self._closing:
+                    event = "Too many connections" if is_budget_error(exc) else "pubsub lost"
+                    log.warning(
+                        event,
+                        role=self._role,
+                        instance=self._instance,
+                        error=str(exc) or type(exc).__name__,
+                    )
+            finally:
+                await asyncio.shield(self._disconnect())
+            if self._closing:
+                break
+            self._resync_all()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _connect(self) -> None:
+        async with self._lock:
+            self._broken = False
+            ps = self._client.pubsub()
+            self._ps = ps
+            channels = sorted({self._private, *self._wanted})
+            self._requested = set(channels)
+            self._pending = dict.fromkeys(channels, 1)
+            self._confirmed = set()
+            self._ping_sent_at = None
+            await ps.subscribe(*channels)
+            self._last_pong = time.monotonic()
+        self._reconnects += 1
+
+    async def _disconnect(self) -> None:
+        async with self._lock:
+            ps, self._ps = self._ps, None
+            self._requested = set()
+            self._pending = {}
+            self._confirmed = set()
+            if ps is not None:
+                await ps.aclose()
+        self._wake()
+
+    async def _read_until_error(self) -> None:
+        ps = self._ps
+        assert ps is not None
+        while not self._closing:
+            if self._broken:
+                raise _Stale("a command on the pub/sub connection failed")
+            message = await ps.get_message(timeout=min(1.0, self._ping_interval))
+            if message is not None:
+                self._handle(message)
+            await self._watchdog(ps)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self._dispatch(_text(message["channel"]), message["data"])
+        elif kind == "subscribe":
+            self._on_subscribed(_text(message["channel"]))
+        elif kind == "pong":
+            self._last_pong = time.monotonic()
+            self._ping_sent_at = None
+
+    async def _watchdog(self, ps: PubSub) -> None:
+        """Ping on a quiet connection; a pong that never comes means a hung server or proxy."""
+        now = time.monotonic()
+        if self._pong_overdue(now):
+            raise _Stale(f"no pong within {self._ping_interval}s")
+        if self._ping_sent_at is None and now - (self._last_pong or now) >= self._ping_interval:
+            self._ping_sent_at = now
+            async with self._lock:
+                await ps.ping(secrets.token_hex(4))
+
+    def _pong_overdue(self, now: float) -> bool:
+        return self._ping_sent_at is not None and now - self._ping_sent_at > self._ping_interval
+
+    async def _close(self) -> None:
+        self._closing = True
+        await self._pool.aclose()
+
+
+class _Stale(Exception):
+    """The connection looks alive but is not answering; rebuild it."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@asynccontextmanager
+async def open_hub(
+    redis_url: str,
+    *,
+    role: str,
+    instance: str,
+    queue_size: int = 256,
+    ping_interval: float = 5.0,
+    confirm_timeout: float = 5.0,
+) -> AsyncIterator[PubSubHub]:
+    """Start a hub and its reader; on exit stop the reader, then release the connection."""
+    hub = PubSubHub(
+        redis_url,
+        role=role,
+        instance=instance,
+        queue_size=queue_size,
+        ping_interval=ping_interval,
+        confirm_timeout=confirm_timeout,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(hub._run(), name=f"runstream-pubsub-{role}-{instance}")
+            try:
+                yield hub
+            finally:
+                # Cancel, then the TaskGroup awaits it. The _closing flag ends the loop
+                # even if Python 3.11 loses the cancellation inside redis-py's I/O.
+                hub._closing = True
+                reader.cancel()
+    finally:
+        await asyncio.shield(hub._close())
+
+
+async def publish(redis: Redis, channel: str, data: bytes) -> int:
+    """Publish ``data`` on ``channel`` through a command connection; returns receivers."""
+    receivers: int = await redis.publish(channel, data)
+    return receivers
