@@ -9,10 +9,9 @@ in one place, :func:`database_errors`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, exc, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,18 +22,16 @@ from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.models import Event, Run, RunStatus
 from runstream.store.tables import EventRow, RunRow, metadata
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator, Sequence
+
 ARCHIVE_BATCH = 500
 """Events per INSERT when archiving: far below SQLite's and asyncpg's parameter limits."""
 
 # What "the database cannot serve us now" looks like: SQLAlchemy's wrappers of the
 # drivers' connection errors, and the socket errors and connect timeouts that asyncpg
 # raises unwrapped while a connection is being opened.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    exc.OperationalError,
-    exc.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, OSError, TimeoutError)
 
 # PostgreSQL SQLSTATE classes of errors about the server or the connection, not the SQL:
 # connection exception, bad credentials, unknown database, insufficient resources,
@@ -55,7 +52,7 @@ def database_errors() -> Iterator[None]:
         yield
     except exc.TimeoutError as error:  # the pool had no free connection within pool_timeout
         raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
-    except (*_UNAVAILABLE, exc.DBAPIError) as error:
+    except (*_UNAVAILABLE, exc.DBAPIError) as error:  # DBAPIError: see _UNAVAILABLE_SQLSTATES
         sqlstate = _sqlstate(error)
         if sqlstate == _TOO_MANY_CLIENTS:
             raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
@@ -211,7 +208,7 @@ class RunStore:
             query = query.where(
                 or_(
                     RunRow.created_at < moment,
-                    and_(RunRow.created_at == moment, RunRow.id < last_id),
+                    and_(RunRow.created_at == moment, RunRow.id <= last_id),
                 )
             )
         query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)

@@ -6,7 +6,8 @@ and :class:`runstream.models.Event`, built by the repository.
 
 from __future__ import annotations
 
-from datetime import datetime
+# Needed at runtime: SQLAlchemy resolves the Mapped[...] annotations when mapping.
+from datetime import datetime  # noqa: TC003
 from typing import Any
 
 from sqlalchemy import (

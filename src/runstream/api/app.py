@@ -1,0 +1,48 @@
+"""The FastAPI application and the lifespan that owns the process's connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+
+from runstream import __version__
+from runstream.api import health, runs, stream
+from runstream.api.deps import ApiState
+from runstream.api.errors import install_error_handlers
+from runstream.api.limits import BodyLimit
+from runstream.config import Settings
+from runstream.resources import open_resources
+from runstream.worker.queue import RunQueue
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An API app for ``settings``; its lifespan opens and closes every connection."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_resources(settings, role="api") as resources:
+            # A producer only: it never runs tasks, it holds the queue's named connections.
+            queue = RunQueue(
+                settings.redis_url,
+                role="api",
+                instance=settings.instance,
+                queue_name=settings.queue_name,
+            )
+            async with queue:
+                log.info("api started", instance=settings.instance)
+                yield {"api": ApiState(resources=resources, queue=queue)}
+        log.info("api stopped", instance=settings.instance)
+
+    app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(runs.router)
+    app.include_router(stream.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
+    return app

@@ -1,0 +1,77 @@
+"""``GET /runs/{id}/stream``: a run's events as Server-Sent Events.
+
+The subscription is taken inside the response's generator, not in the endpoint, so a
+client that leaves before the first event holds nothing (sse-starlette#156). The
+generator runs under ``aclosing``: a disconnect, a send timeout or a server shutdown
+releases the subscription at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Header, Query
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from runstream.api.deps import RunId, State, StreamPrincipal
+from runstream.api.errors import ApiError, not_found
+from runstream.errors import BackendUnavailable
+from runstream.resources import Resources
+from runstream.streams.follow import follow
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["stream"])
+
+
+@router.get("/runs/{run_id}/stream", response_class=EventSourceResponse)
+async def stream_run(
+    run_id: RunId,
+    state: State,
+    principal: StreamPrincipal,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Replay the run's events after the cursor, then follow it live until it ends."""
+    res = state.resources
+    cursor = _cursor(last_event_id, after)
+    if await res.store.get_run(run_id, principal) is None:
+        raise not_found()
+    if not res.hub.healthy:
+        raise BackendUnavailable("live delivery is down (pub/sub reconnecting); retry shortly")
+    heartbeat = res.settings.heartbeat_s
+    return EventSourceResponse(
+        _events(res, run_id, cursor),
+        ping=heartbeat,
+        send_timeout=max(2 * heartbeat, 5.0),
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _cursor(last_event_id: str | None, after: int | None) -> int:
+    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``."""
+    if last_event_id is None:
+        return after or 0
+    try:
+        value = int(last_event_id)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ApiError(422, "invalid_request", "Last-Event-ID must be a non-negative integer")
+    return value
+
+
+async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    poll_s = res.settings.heartbeat_s
+    try:
+        async with contextlib.aclosing(follow(run_id, after, res.sources(), poll_s=poll_s)) as it:
+            async for event in it:
+                yield ServerSentEvent(
+                    data=event.data.decode(), event=event.type, id=str(event.seq)
+                )
+    except (BackendUnavailable, RedisError, OSError) as exc:
+        # The headers are gone already: end the stream; the client resumes from its id.
+        log.warning("stream ended early", run_id=run_id, error=str(exc))

@@ -1,0 +1,1 @@
+"""Workers: take runs from the queue, execute their agents, write their events."""

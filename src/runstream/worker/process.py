@@ -1,0 +1,113 @@
+"""A worker process: the queue, the executor and the sweeper, under one task group.
+
+Shutdown (DESIGN.md section 6): when ``shutdown`` is set the worker stops taking runs,
+lets running ones go on for up to ``SHUTDOWN_GRACE_S``, then stops them (``stopped``,
+"worker shut down"; the agent is cancelled after ``STOP_GRACE_S`` if it ignores that),
+and returns with every connection released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from runstream.config import Settings
+from runstream.errors import BackendUnavailable
+from runstream.models import RunStatus, utcnow
+from runstream.resources import Resources, open_resources
+from runstream.worker.executor import SHUTDOWN_ERROR, Executor
+from runstream.worker.queue import RunQueue, enqueue_run
+
+log = structlog.get_logger(__name__)
+
+
+async def run_worker(settings: Settings, shutdown: asyncio.Event) -> None:
+    """Execute runs until ``shutdown`` is set, then wind down within the grace periods."""
+    async with open_resources(settings, role="worker") as resources:
+        executor = Executor(resources)
+        queue = RunQueue(
+            settings.redis_url,
+            role="worker",
+            instance=settings.instance,
+            queue_name=settings.queue_name,
+            concurrency=settings.worker_concurrency,
+        )
+        queue.register_executor(executor.execute)
+        log.info("worker started", instance=settings.instance)
+        async with asyncio.TaskGroup() as tg:
+            consumer = tg.create_task(queue.run_async())
+            sweeper = tg.create_task(Sweeper(resources, executor, queue).run())
+            await _first_of(shutdown.wait(), consumer)
+            queue.stop()
+            log.info("worker shutting down", running=executor.active_runs)
+            done, _ = await asyncio.wait([consumer], timeout=settings.shutdown_grace_s)
+            if not done:
+                executor.stop_all(SHUTDOWN_ERROR)
+            await asyncio.wait([consumer])
+            sweeper.cancel()
+        log.info("worker stopped", instance=settings.instance)
+
+
+async def _first_of(event_wait: object, task: asyncio.Task[None]) -> None:
+    """Wait until the event is set or the task ends, whichever comes first."""
+    assert asyncio.iscoroutine(event_wait)
+    waiter = asyncio.ensure_future(event_wait)
+    try:
+        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+
+
+class Sweeper:
+    """Finds runs a dead worker left ``running`` and runs whose queue entry was lost.
+
+    A running run is orphaned when its lock has been missing for a third of
+    ``WORKER_LOST_S``: a live owner renews its lock six times per ``WORKER_LOST_S`` and
+    re-creates it if Redis lost it, so only a dead one stays missing that long. Queued
+    runs older than ``WORKER_LOST_S`` are enqueued again; the queue ignores a run whose
+    task still exists, so this only brings back what a Redis restart lost.
+    """
+
+    def __init__(self, resources: Resources, executor: Executor, queue: RunQueue) -> None:
+        self._res = resources
+        self._executor = executor
+        self._queue = queue
+        self._lost_s = resources.settings.worker_lost_s
+        self._missing_since: dict[str, float] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except (BackendUnavailable, OSError) as exc:
+                log.warning("sweep failed", error=str(exc))
+            await asyncio.sleep(self._lost_s / 6)
+
+    async def sweep(self) -> None:
+        """One pass over running and old queued runs."""
+        running = await self._res.store.runs_with_status(RunStatus.RUNNING)
+        now = time.monotonic()
+        seen = set()
+        for run in running:
+            seen.add(run.id)
+            if await self._res.control.lock_holder(run.id) is not None:
+                self._missing_since.pop(run.id, None)
+                continue
+            since = self._missing_since.setdefault(run.id, now)
+            if now - since >= self._lost_s / 3 and await self._executor.end_orphan(run):
+                self._missing_since.pop(run.id, None)
+        for run_id in set(self._missing_since) - seen:
+            del self._missing_since[run_id]
+        cutoff = utcnow().timestamp() - self._lost_s
+        from datetime import UTC, datetime
+
+        queued = await self._res.store.runs_with_status(
+            RunStatus.QUEUED, created_before=datetime.fromtimestamp(cutoff, UTC)
+        )
+        for run in queued:
+            await enqueue_run(self._queue, run.id)

@@ -1,0 +1,82 @@
+"""The task queue (streaq, chosen in docs/decisions.md), configured for runstream.
+
+Everything runstream asks of the queue is here: a bounded, named connection pool, JSON
+instead of pickle on the wire, one task (``execute_run``) whose id is the run id (so an
+enqueue repeated while the task exists is a no-op), and a worker that stops on our
+shutdown event instead of installing its own signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from anyio.abc import CancelScope
+from streaq import Worker
+
+from runstream.streams.keys import client_name, queue_prefix
+
+TASK_NAME = "runstream.execute_run"
+QUEUE_CONNECTIONS = 4  # DESIGN.md section 6: the queue library holds at most 4
+
+
+def _dumps(data: Any) -> bytes:
+    # A failed task's result is an exception: keep its text rather than fail to store it.
+    return orjson.dumps(data, default=repr)
+
+
+class RunQueue(Worker):  # type: ignore[misc]
+    """A streaq Worker whose shutdown is driven by :meth:`stop`, never by OS signals.
+
+    streaq installs SIGINT/SIGTERM handlers in ``signal_handler`` and removes the
+    process's own when it exits; the process owns its signals, so that hook is replaced.
+    """
+
+    def __init__(
+        self, redis_url: str, *, role: str, instance: str, queue_name: str, concurrency: int = 1
+    ) -> None:
+        super().__init__(
+            redis_url=redis_url,
+            redis_kwargs={
+                "client_name": client_name(role, instance, "queue"),
+                "max_connections": QUEUE_CONNECTIONS,
+            },
+            queue_name=queue_prefix(queue_name),
+            concurrency=concurrency,
+            serializer=_dumps,
+            deserializer=orjson.loads,
+            # Lease renewed every 0.9 x idle_timeout; a dead worker's task comes back
+            # after 1-2 x idle_timeout, and runstream's own sweeper ends it "worker lost".
+            idle_timeout=10,
+            # Runs finish their own shutdown grace (executor); this only bounds a stuck one.
+            grace_period=0,
+            id=instance,
+        )
+        self._stop = asyncio.Event()
+
+    async def signal_handler(self, scope: CancelScope) -> None:
+        """Stop fetching when :meth:`stop` is called; running tasks carry on (they are
+        shielded by streaq) and the executor brings them to an end within its grace."""
+        await self._stop.wait()
+        scope.cancel("runstream worker shutting down")
+
+    def stop(self) -> None:
+        """Take no more runs; ``run_async`` returns once the running ones are done."""
+        self._stop.set()
+
+    def register_executor(self, execute: Callable[[str], Awaitable[None]]) -> None:
+        """Make ``execute(run_id)`` the body of the queue's one task."""
+
+        async def execute_run(run_id: str) -> None:
+            await execute(run_id)
+
+        self.task(name=TASK_NAME, timeout=None, max_tries=20)(execute_run)
+
+
+async def enqueue_run(queue: Worker, run_id: str) -> None:
+    """Queue the execution of ``run_id``; a no-op while a task for it already exists."""
+    task = queue.enqueue_unsafe(TASK_NAME, run_id)
+    task.id = run_id
+    await task
