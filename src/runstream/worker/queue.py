@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from anyio.abc import CancelScope
+from anyio import CancelScope
 from streaq import Worker
 
 from runstream.streams.keys import client_name, queue_prefix

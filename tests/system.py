@@ -1,0 +1,90 @@
+"""The whole system in the test's event loop: a real uvicorn API and a real worker.
+
+Both talk to the session's private redis-server and a real database; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from runstream.config import Settings, load_settings
+from runstream.api.app import create_app
+from runstream.worker.process import run_worker
+from tests.redis_server import free_port
+
+FAST = {
+    "heartbeat_s": 1.0,
+    "stop_grace_s": 1.0,
+    "shutdown_grace_s": 2.0,
+    "worker_lost_s": 3.0,
+    "pubsub_ping_s": 1.0,
+}
+
+
+def make_settings(redis_url: str, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {**FAST, "redis_url": redis_url, "database_url": database_url}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class Worker:
+    """A worker running in the test's loop; stop it to shut it down gracefully."""
+
+    settings: Settings
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        if self.task is not None:
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    worker = Worker(settings)
+    async with asyncio.TaskGroup() as tg:
+        worker.task = tg.create_task(run_worker(settings, worker.shutdown))
+        try:
+            yield worker
+        finally:
+            worker.shutdown.set()
+
+
+@dataclass
+class Api:
+    settings: Settings
+    url: str
+    server: uvicorn.Server
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=15, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[Api]:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(server.serve())
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn exited before it started")
+                await asyncio.sleep(0.01)
+            yield Api(settings, f"http://127.0.0.1:{port}", server)
+        finally:
+            server.should_exit = True
