@@ -8,13 +8,17 @@ large body is never held in memory whole.
 from __future__ import annotations
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runstream.api.errors import error_body
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive``: an HTTPException, so FastAPI's body parsing lets it through."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body over the limit of {max_bytes} bytes")
 
 
 class BodyLimit:
@@ -41,7 +45,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

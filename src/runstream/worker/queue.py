@@ -13,10 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import structlog
+from coredis.exceptions import RedisError as CoredisError
 from anyio import CancelScope
 from streaq import Worker
 
+from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.streams.keys import client_name, queue_prefix
+
+log = structlog.get_logger(__name__)
 
 TASK_NAME = "runstream.execute_run"
 QUEUE_CONNECTIONS = 4  # DESIGN.md section 6: the queue library holds at most 4
@@ -76,7 +81,18 @@ class RunQueue(Worker):  # type: ignore[misc]
 
 
 async def enqueue_run(queue: Worker, run_id: str) -> None:
-    """Queue the execution of ``run_id``; a no-op while a task for it already exists."""
+    """Queue the execution of ``run_id``; a no-op while a task for it already exists.
+
+    Raises BackendUnavailable (TooManyConnections for an exhausted budget) when the
+    queue's Redis cannot take it.
+    """
     task = queue.enqueue_unsafe(TASK_NAME, run_id)
     task.id = run_id
-    await task
+    try:
+        await task
+    except (CoredisError, OSError, TimeoutError) as exc:
+        text = str(exc)
+        if "max number of clients" in text.lower() or "too many connections" in text.lower():
+            log.error("Too many connections", purpose="queue", cause=text)
+            raise TooManyConnections(f"Too many connections: {text}") from exc
+        raise BackendUnavailable(f"queue unavailable: {text}") from exc
