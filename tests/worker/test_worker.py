@@ -1,0 +1,134 @@
+"""Workers: one execution per run, bad agents, shutdown, lost workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from runstream.models import RunStatus, utcnow
+from runstream.store.database import open_store
+from runstream.streams.control import RunControl
+from runstream.worker.queue import RunQueue, enqueue_run
+from tests.api.streaming import read_stream, start
+from tests.redis_server import RedisServer
+from tests.system import Api, make_settings, running_api, running_worker
+
+AGENTS = ",".join(
+    f"{name}=tests.worker.sample_agents:{name}"
+    for name in ("not_an_object", "no_type", "too_big", "not_json")
+)
+
+
+@pytest.fixture
+async def api(redis_url: str, sqlite_url: str) -> AsyncIterator[Api]:
+    settings = make_settings(redis_url, sqlite_url, instance="api1", agents=AGENTS)
+    async with running_api(settings) as api:
+        yield api
+
+
+@pytest.fixture
+async def client(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    async with api.client() as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+async def no_connection_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
+    from tests.conftest import wait_until
+
+    yield
+    if redis_server.process is not None and redis_server.process.poll() is None:
+        await wait_until(lambda: redis_server.client_names() == [], timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("agent", "message"),
+    [
+        ("not_an_object", "expected a JSON object"),
+        ("no_type", "string 'type'"),
+        ("too_big", "over the limit of 4096"),
+        ("not_json", "not JSON"),
+    ],
+)
+async def test_agent_yielding_a_bad_event_fails_its_run_with_a_clear_error(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str, agent: str, message: str
+) -> None:
+    settings = make_settings(redis_url, sqlite_url, instance="w", agents=AGENTS, max_event_bytes=4096)
+    async with running_worker(settings):
+        run_id = await start(client, agent)
+        events = await read_stream(client, run_id)
+    final = events[-1]["data"]
+    assert final["status"] == "failed" and message in final["error"]
+    assert (await client.get(f"/runs/{run_id}")).json()["error"] == final["error"]
+
+
+async def test_run_delivered_twice_executes_once(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+) -> None:
+    settings = make_settings(redis_url, sqlite_url, instance="w")
+    run_id = await start(client, "scripted", count=3)
+    queue = RunQueue(redis_url, role="api", instance="extra", queue_name=settings.queue_name)
+    async with queue:
+        for _ in range(3):
+            await enqueue_run(queue, run_id)
+    async with running_worker(settings), running_worker(
+        make_settings(redis_url, sqlite_url, instance="w2")
+    ):
+        events = await read_stream(client, run_id)
+    assert [int(e["id"]) for e in events] == [1, 2, 3, 4, 5]
+    assert sum(1 for e in events if e["data"].get("status") == "running") == 1
+
+
+async def test_worker_shutdown_stops_running_runs_after_the_grace(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+) -> None:
+    settings = make_settings(redis_url, sqlite_url, instance="w", shutdown_grace_s=0.5)
+    async with running_worker(settings) as worker:
+        hanging = await start(client, "scripted", count=1, hang=True)
+        stubborn = await start(client, "scripted", count=1, hang=True, ignore_stop=True)
+        for run_id in (hanging, stubborn):
+            async with asyncio.timeout(10):
+                while (await client.get(f"/runs/{run_id}")).json()["status"] != "running":
+                    await asyncio.sleep(0.02)
+        await asyncio.wait_for(worker.stop(), 15)
+    for run_id in (hanging, stubborn):
+        run = (await client.get(f"/runs/{run_id}")).json()
+        assert (run["status"], run["error"]) == ("stopped", "worker shut down")
+        events = await read_stream(client, run_id)
+        assert events[-1]["data"] == {**events[-1]["data"], "status": "stopped", "error": "worker shut down"}
+
+
+async def test_run_of_a_vanished_worker_fails_as_worker_lost(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+) -> None:
+    settings = make_settings(redis_url, sqlite_url, instance="w", worker_lost_s=1.5)
+    run_id = await start(client, "scripted", count=1)
+    # What a SIGKILLed worker leaves behind: the record says running, nobody holds the lock.
+    async with open_store(sqlite_url) as store:
+        await store.mark_running(run_id, utcnow())
+    async with running_worker(settings):
+        events = await asyncio.wait_for(read_stream(client, run_id), 15)
+    assert events[-1]["data"]["status"] == "failed"
+    assert events[-1]["data"]["error"] == "worker lost"
+    assert (await client.get(f"/runs/{run_id}")).json()["error"] == "worker lost"
+
+
+async def test_live_run_is_not_taken_for_lost_while_its_lock_is_held(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    settings = make_settings(redis_url, sqlite_url, instance="w", worker_lost_s=1.5)
+    run_id = await start(client, "scripted", count=1)
+    async with open_store(sqlite_url) as store:
+        await store.mark_running(run_id, utcnow())
+    async with Redis.from_url(redis_url) as redis:
+        control = RunControl(redis, stop_ttl_s=60)
+        assert await control.acquire(run_id, "someone-alive", 30)
+        async with running_worker(settings):
+            await asyncio.sleep(2.5)  # longer than WORKER_LOST_S: the sweeper ran several times
+            assert (await client.get(f"/runs/{run_id}")).json()["status"] == RunStatus.RUNNING
+        await control.release(run_id, "someone-alive")
