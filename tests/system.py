@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from runstream.config import Settings, load_settings
 from runstream.api.app import create_app
+from runstream.config import Settings, load_settings
 from runstream.worker.process import run_worker
 from tests.redis_server import free_port
 

@@ -121,9 +121,7 @@ def build_event(raw: object, seq: int, moment: datetime, max_bytes: int) -> Even
     return Event(seq=seq, type=kind, data=data)
 
 
-def status_event(
-    status: RunStatus, seq: int, moment: datetime, error: str | None = None
-) -> Event:
+def status_event(status: RunStatus, seq: int, moment: datetime, error: str | None = None) -> Event:
     """The system's own ``status`` event; ``error`` only for failed or stopped runs."""
     body: dict[str, Any] = {"type": "status", "status": status.value}
     if error is not None:

@@ -10,7 +10,11 @@ from httpx_sse import aconnect_sse
 
 
 async def read_stream(
-    client: httpx.AsyncClient, run_id: str, *, last_event_id: int | None = None, after: int | None = None
+    client: httpx.AsyncClient,
+    run_id: str,
+    *,
+    last_event_id: int | None = None,
+    after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every SSE message of the stream until the server closes it, as dicts with id/event/data."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}

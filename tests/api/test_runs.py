@@ -32,8 +32,16 @@ async def test_create_run_returns_201_run_object_and_location(client: httpx.Asyn
     assert response.status_code == 201
     run = response.json()
     assert set(run) == {
-        "id", "agent", "status", "thread_id", "metadata", "created_at",
-        "started_at", "completed_at", "error", "last_seq",
+        "id",
+        "agent",
+        "status",
+        "thread_id",
+        "metadata",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "error",
+        "last_seq",
     }
     assert uuid.UUID(run["id"]) and run["agent"] == "echo" and run["status"] == "queued"
     assert run["thread_id"] == "t1" and run["metadata"] == {"k": 1}
@@ -118,7 +126,11 @@ async def test_list_runs_pages_newest_first_and_filters(client: httpx.AsyncClien
     for i in range(5):
         response = await client.post(
             "/runs",
-            json={"agent": "echo", "input": {"text": "x"}, "thread_id": "even" if i % 2 == 0 else "odd"},
+            json={
+                "agent": "echo",
+                "input": {"text": "x"},
+                "thread_id": "even" if i % 2 == 0 else "odd",
+            },
         )
         ids.append(response.json()["id"])
     seen: list[str] = []
@@ -182,7 +194,9 @@ async def test_backend_down_is_503_and_leaves_no_queued_run(
     assert (await client.get("/runs")).json()["runs"] == []
 
 
-async def test_healthz_reports_each_backend(client: httpx.AsyncClient, redis_server: RedisServer) -> None:
+async def test_healthz_reports_each_backend(
+    client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
     healthy = await client.get("/healthz")
     assert healthy.status_code == 200 and healthy.json()["status"] == "ok"
     redis_server.stop()
@@ -196,10 +210,14 @@ async def test_healthz_reports_each_backend(client: httpx.AsyncClient, redis_ser
 @pytest.fixture
 async def secured(redis_url: str, sqlite_url: str) -> AsyncIterator[Api]:
     settings = make_settings(
-        redis_url, sqlite_url, api_keys="ka=alice,kb=bob", jwt_secret="s3cret-for-tests-only-32-bytes!!"
+        redis_url,
+        sqlite_url,
+        api_keys="ka=alice,kb=bob",
+        jwt_secret="s3cret-for-tests-only-32-bytes!!",
     )
-    async with running_api(settings) as api, running_worker(
-        make_settings(redis_url, sqlite_url, instance="wk-auth")
+    async with (
+        running_api(settings) as api,
+        running_worker(make_settings(redis_url, sqlite_url, instance="wk-auth")),
     ):
         yield api
 

@@ -59,8 +59,8 @@ async def test_two_readers_see_identical_streams(client: httpx.AsyncClient) -> N
 async def test_reader_resuming_mid_run_gets_every_event_once(client: httpx.AsyncClient) -> None:
     run_id = await start(client, "scripted", count=40, interval_ms=10)
     seen: list[dict[str, object]] = []
-    from httpx_sse import aconnect_sse
     import orjson
+    from httpx_sse import aconnect_sse
 
     async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
         async for sse in source.aiter_sse():
@@ -130,8 +130,8 @@ async def test_events_lost_mid_run_are_reported_as_one_gap(
 ) -> None:
     run_id = await start(client, "scripted", count=60, interval_ms=20)
     events: list[dict[str, object]] = []
-    from httpx_sse import aconnect_sse
     import orjson
+    from httpx_sse import aconnect_sse
 
     async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
         async for sse in source.aiter_sse():

@@ -110,8 +110,14 @@ async def test_finished_run_without_redis_log_is_replayed_from_the_archive(
     records = Records()
     events = [tick(1), tick(2), status_event(RunStatus.FAILED, 3, NOW, "boom")]
     records.runs["r"] = Run(
-        id="r", principal="p", agent="a", status=RunStatus.FAILED, input={},
-        completed_at=NOW, error="boom", last_seq=3,
+        id="r",
+        principal="p",
+        agent="a",
+        status=RunStatus.FAILED,
+        input={},
+        completed_at=NOW,
+        error="boom",
+        last_seq=3,
     )
     records.archive["r"] = events
     sources = Sources(hub, EventLog(redis, ttl_s=60), records.load, records.read)
@@ -124,8 +130,13 @@ async def test_terminal_event_missing_everywhere_is_rebuilt_from_the_record(
 ) -> None:
     records = Records()
     records.runs["r"] = Run(
-        id="r", principal="p", agent="a", status=RunStatus.STOPPED, input={},
-        completed_at=NOW, last_seq=5,
+        id="r",
+        principal="p",
+        agent="a",
+        status=RunStatus.STOPPED,
+        input={},
+        completed_at=NOW,
+        last_seq=5,
     )
     sources = Sources(hub, EventLog(redis, ttl_s=60), records.load, records.read)
     async with contextlib.aclosing(follow("r", 2, sources, poll_s=0.5)) as it:

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from runstream.errors import SubscribeError
-from runstream.streams.pubsub import RESYNC, PubSubHub, open_hub
+from runstream.streams.pubsub import RESYNC, open_hub
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 

@@ -56,7 +56,9 @@ async def no_connection_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
 async def test_agent_yielding_a_bad_event_fails_its_run_with_a_clear_error(
     client: httpx.AsyncClient, redis_url: str, sqlite_url: str, agent: str, message: str
 ) -> None:
-    settings = make_settings(redis_url, sqlite_url, instance="w", agents=AGENTS, max_event_bytes=4096)
+    settings = make_settings(
+        redis_url, sqlite_url, instance="w", agents=AGENTS, max_event_bytes=4096
+    )
     async with running_worker(settings):
         run_id = await start(client, agent)
         events = await read_stream(client, run_id)
@@ -74,8 +76,9 @@ async def test_run_delivered_twice_executes_once(
     async with queue:
         for _ in range(3):
             await enqueue_run(queue, run_id)
-    async with running_worker(settings), running_worker(
-        make_settings(redis_url, sqlite_url, instance="w2")
+    async with (
+        running_worker(settings),
+        running_worker(make_settings(redis_url, sqlite_url, instance="w2")),
     ):
         events = await read_stream(client, run_id)
     assert [int(e["id"]) for e in events] == [1, 2, 3, 4, 5]
@@ -98,7 +101,11 @@ async def test_worker_shutdown_stops_running_runs_after_the_grace(
         run = (await client.get(f"/runs/{run_id}")).json()
         assert (run["status"], run["error"]) == ("stopped", "worker shut down")
         events = await read_stream(client, run_id)
-        assert events[-1]["data"] == {**events[-1]["data"], "status": "stopped", "error": "worker shut down"}
+        assert events[-1]["data"] == {
+            **events[-1]["data"],
+            "status": "stopped",
+            "error": "worker shut down",
+        }
 
 
 async def test_run_of_a_vanished_worker_fails_as_worker_lost(

@@ -37,7 +37,9 @@ def get_principal(
 def get_stream_principal(
     state: Annotated[ApiState, Depends(get_state)],
     authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[str | None, Query(description="for EventSource, which cannot set headers")] = None,
+    token: Annotated[
+        str | None, Query(description="for EventSource, which cannot set headers")
+    ] = None,
 ) -> str:
     return principal_for(state.resources.settings, bearer_token(authorization) or token)
 

@@ -69,9 +69,7 @@ async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[Serv
     try:
         async with contextlib.aclosing(follow(run_id, after, res.sources(), poll_s=poll_s)) as it:
             async for event in it:
-                yield ServerSentEvent(
-                    data=event.data.decode(), event=event.type, id=str(event.seq)
-                )
+                yield ServerSentEvent(data=event.data.decode(), event=event.type, id=str(event.seq))
     except (BackendUnavailable, RedisError, OSError) as exc:
         # The headers are gone already: end the stream; the client resumes from its id.
         log.warning("stream ended early", run_id=run_id, error=str(exc))

@@ -55,13 +55,11 @@ class RunControl:
 
     async def acquire(self, run_id: str, owner: str, ttl_s: float) -> bool:
         """Take the run's lock for ``owner``; False when another owner holds it."""
-        taken = await self._redis.set(
-            keys.run_lock(run_id), owner, nx=True, px=int(ttl_s * 1000)
-        )
+        taken = await self._redis.set(keys.run_lock(run_id), owner, nx=True, px=int(ttl_s * 1000))
         return bool(taken)
 
     async def renew(self, run_id: str, owner: str, ttl_s: float) -> bool:
-        """Extend the lock; re-take it if Redis lost it (a restart); False if someone else has it."""
+        """Extend the lock, or re-take it if Redis lost it; False if another owner has it."""
         kept = await self._renew(keys=[keys.run_lock(run_id)], args=[owner, int(ttl_s * 1000)])
         return bool(kept)
 

@@ -58,14 +58,16 @@ class EventLog:
 
     async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:
         """Up to ``limit`` events with ``seq > after``, in order."""
-        entries = await self._redis.xrange(
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
             keys.run_events(run_id), min=f"{after + 1}-0", max="+", count=limit
         )
         return [_entry_to_event(entry_id, fields) for entry_id, fields in entries]
 
     async def last_seq(self, run_id: str) -> int | None:
         """The highest ``seq`` in the log, or None when the log does not exist."""
-        tail = await self._redis.xrevrange(keys.run_events(run_id), count=1)
+        tail: list[tuple[bytes, object]] = await self._redis.xrevrange(  # type: ignore[assignment]
+            keys.run_events(run_id), count=1
+        )
         if not tail:
             return None
         return _seq_of(tail[0][0])

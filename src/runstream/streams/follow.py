@@ -15,7 +15,7 @@ announced with one ``gap`` event. The stream ends after the terminal status even
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from runstream.models import Event, Run, gap_event, status_event
@@ -57,7 +57,7 @@ class _Cursor:
 
 async def follow(
     run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event]:
     """Yield the run's events with ``seq > after`` until its terminal status event.
 
     ``poll_s`` bounds how long the follower trusts a silent channel before it looks at
@@ -141,9 +141,7 @@ async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIte
     final_seq = max(run.last_seq, cursor.seq + 1)
     if final_seq - 1 > cursor.seq:
         yield _skip_to(cursor, final_seq - 1)
-    final = status_event(
-        run.status, final_seq, run.completed_at or run.created_at, run.error
-    )
+    final = status_event(run.status, final_seq, run.completed_at or run.created_at, run.error)
     cursor.accept(final)
     yield final
 

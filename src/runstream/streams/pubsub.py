@@ -307,7 +307,7 @@ class PubSubHub:
             self._pending = {}
             self._confirmed = set()
             if ps is not None:
-                await ps.aclose()
+                await ps.aclose()  # type: ignore[no-untyped-call]
         self._wake()
 
     async def _read_until_error(self) -> None:

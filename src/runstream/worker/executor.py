@@ -24,7 +24,7 @@ from runstream.models import Event, Run, RunStatus, build_event, status_event, u
 from runstream.resources import Resources
 from runstream.streams import keys
 from runstream.streams.connection import redis_errors
-from runstream.streams.pubsub import RESYNC, Subscription
+from runstream.streams.pubsub import RESYNC, Message, Subscription
 
 log = structlog.get_logger(__name__)
 
@@ -200,6 +200,7 @@ class Executor:
     ) -> None:
         """Turn a stop request into the agent's stop signal, then force it after the grace."""
         checks = 0
+        message: Message | None
         while not active.stopping:
             try:
                 async with asyncio.timeout(0.5):
@@ -209,15 +210,19 @@ class Executor:
                 # The flag is the durable truth; re-read it now and then and after a resync.
                 message = RESYNC if checks % 4 == 0 else None
             if message is RESYNC:
-                with contextlib.suppress(BackendUnavailable):
-                    with redis_errors(role=self._res.role, instance=self._owner):
-                        if await self._res.control.stop_requested(run_id):
-                            active.request_stop(None)
+                with (
+                    contextlib.suppress(BackendUnavailable),
+                    redis_errors(role=self._res.role, instance=self._owner),
+                ):
+                    if await self._res.control.stop_requested(run_id):
+                        active.request_stop(None)
             elif message is not None:
                 active.request_stop(None)
         done, _ = await asyncio.wait([agent_task], timeout=self._settings.stop_grace_s)
         if not done:
-            log.warning("agent ignored the stop; cancelling it", grace_s=self._settings.stop_grace_s)
+            log.warning(
+                "agent ignored the stop; cancelling it", grace_s=self._settings.stop_grace_s
+            )
             agent_task.cancel()
 
     # -- ending -----------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 import structlog
-from coredis.exceptions import RedisError as CoredisError
 from anyio import CancelScope
+from coredis.exceptions import RedisError as CoredisError
 from streaq import Worker
 
 from runstream.errors import BackendUnavailable, TooManyConnections
@@ -32,7 +32,7 @@ def _dumps(data: Any) -> bytes:
     return orjson.dumps(data, default=repr)
 
 
-class RunQueue(Worker):  # type: ignore[misc]
+class RunQueue(Worker):
     """A streaq Worker whose shutdown is driven by :meth:`stop`, never by OS signals.
 
     streaq installs SIGINT/SIGTERM handlers in ``signal_handler`` and removes the

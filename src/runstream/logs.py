@@ -1,0 +1,104 @@
+"""Structured logging for every runstream process, structlog and stdlib alike.
+
+runstream's own code logs through structlog; uvicorn, streaq, httpx and SQLAlchemy log
+through the standard library. Both end in one handler on stderr with one format: ISO
+UTC timestamps, the level, the logger name and whatever is bound in the context
+(``run_id``, ``instance``), rendered as JSON lines or for a human at a console.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+if TYPE_CHECKING:
+    from structlog.typing import Processor
+
+LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+# Libraries whose INFO output is one line per poll or per request: at INFO they bury
+# runstream's own lines, so they only speak up from WARNING on.
+QUIET_LOGGERS: Final = ("streaq", "httpx", "httpcore")
+
+# Marks the handler configure_logging installed, so a second call replaces it rather
+# than doubling every line, and handlers installed by others (pytest) are left alone.
+_HANDLER_NAME: Final = "runstream"
+
+
+def configure_logging(json: bool = False, level: str = "info") -> None:
+    """Send structlog and stdlib logging to stderr, as JSON lines or for a console.
+
+    ``level`` is one of :data:`LEVELS` (any case); it applies to runstream and to the
+    libraries it uses, except the chatty ones in :data:`QUIET_LOGGERS` (WARNING). Raises
+    ValueError for an unknown level. Calling it again replaces the previous setup.
+    """
+    numeric = _level_number(level)
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _install_handler(_formatter(shared, json=json), numeric)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+def _level_number(level: str) -> int:
+    name = level.strip().lower()
+    if name not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}: use one of {', '.join(LEVELS)}")
+    number: int = logging.getLevelNamesMapping()[name.upper()]
+    return number
+
+
+def _shared_processors() -> list[Processor]:
+    """What every line gets, whether it came from structlog or from stdlib logging."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def _formatter(shared: list[Processor], *, json: bool) -> logging.Formatter:
+    renderer: Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+        # A traceback inside one JSON value keeps one event per line.
+        final: list[Processor] = [structlog.processors.format_exc_info, renderer]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        final = [renderer]
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+
+
+def _install_handler(formatter: logging.Formatter, level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == _HANDLER_NAME:
+            root.removeHandler(handler)
+            handler.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # uvicorn's loggers keep a level of their own once configured; with log_config=None
+    # they inherit, but an embedding application may have set one: follow ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(level)
