@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./runstream.db"
     redis_max_connections: int = Field(default=8, ge=1, le=1000)
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    redis_idle_s: float = Field(default=10.0, gt=0)
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     jwt_secret: str | None = None
     event_ttl_s: int = Field(default=86400, ge=1)

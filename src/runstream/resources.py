@@ -67,6 +67,7 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
                 instance=settings.instance,
                 max_connections=settings.redis_max_connections,
                 timeout=settings.redis_timeout_s,
+                idle_s=settings.redis_idle_s,
             )
         )
         hub = await stack.enter_async_context(

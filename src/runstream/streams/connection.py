@@ -8,6 +8,8 @@ happens, whichever of its three spellings redis-py uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -75,6 +77,38 @@ def pool_stats(pool: ConnectionPool) -> PoolStats:
     )
 
 
+class TrimmingPool(BlockingConnectionPool):
+    """A blocking pool that closes connections left idle for ``idle_s`` beyond the first.
+
+    A burst may open up to ``max_connections``; once it is over the process goes back to
+    one warm connection, so ``CLIENT LIST`` returns to the same count after any load.
+    """
+
+    def __init__(self, *, idle_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.idle_s = idle_s
+        self._released_at: dict[int, float] = {}
+
+    async def release(self, connection: Any) -> None:
+        self._released_at[id(connection)] = time.monotonic()
+        await super().release(connection)
+
+    async def trim(self, keep: int = 1) -> int:
+        """Disconnect idle connections unused for ``idle_s``, keeping ``keep``; returns how many."""
+        now = time.monotonic()
+        stale = []
+        # Oldest first: the pool hands out the most recently released connection (LIFO).
+        while len(self._available_connections) > keep:
+            oldest = self._available_connections[0]
+            if now - self._released_at.get(id(oldest), now) < self.idle_s:
+                break
+            stale.append(self._available_connections.pop(0))
+        for connection in stale:
+            self._released_at.pop(id(connection), None)
+            await connection.disconnect()
+        return len(stale)
+
+
 @asynccontextmanager
 async def open_redis(
     redis_url: str,
@@ -84,23 +118,39 @@ async def open_redis(
     purpose: str = "cmd",
     max_connections: int = 8,
     timeout: float = 2.0,
+    idle_s: float = 10.0,
 ) -> AsyncIterator[Redis]:
     """A Redis client over a blocking pool of at most ``max_connections`` named connections.
 
     A caller that finds every connection busy waits up to ``timeout`` seconds, then gets
-    TooManyConnections (through :func:`redis_errors`) instead of a new connection.
+    TooManyConnections (through :func:`redis_errors`) instead of a new connection. A
+    keeper trims idle connections and keeps one warm, reconnecting it after a restart.
     """
-    pool = BlockingConnectionPool(
+    pool = TrimmingPool(
+        idle_s=idle_s,
         max_connections=max_connections,
         timeout=timeout,
         **connection_kwargs(redis_url, client_name(role, instance, purpose)),
     )
     client = Redis(connection_pool=pool)
     try:
-        yield client
+        async with asyncio.TaskGroup() as tg:
+            keeper = tg.create_task(_keep_pool(client, pool), name=f"runstream-pool-{role}")
+            try:
+                yield client
+            finally:
+                keeper.cancel()
     finally:
         # Shielded: a second cancellation must not leave sockets open.
         await asyncio.shield(pool.aclose())
+
+
+async def _keep_pool(client: Redis, pool: TrimmingPool) -> None:
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await client.ping()
+        await pool.trim()
+        await asyncio.sleep(pool.idle_s / 2)
 
 
 @contextmanager
