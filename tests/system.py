@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,8 @@ import uvicorn
 
 from runstream.api.app import create_app
 from runstream.config import Settings, load_settings
+from runstream.resources import Resources
+from runstream.worker.executor import Executor
 from runstream.worker.process import run_worker
 from tests.redis_server import free_port
 
@@ -41,6 +43,13 @@ class Worker:
     settings: Settings
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    resources: Resources | None = None
+    executor: Executor | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _on_ready(self, resources: Resources, executor: Executor) -> None:
+        self.resources, self.executor = resources, executor
+        self.ready.set()
 
     async def stop(self) -> None:
         self.shutdown.set()
@@ -52,11 +61,25 @@ class Worker:
 async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
     worker = Worker(settings)
     async with asyncio.TaskGroup() as tg:
-        worker.task = tg.create_task(run_worker(settings, worker.shutdown))
+        worker.task = tg.create_task(run_worker(settings, worker.shutdown, worker._on_ready))
         try:
+            async with asyncio.timeout(15):
+                await _first_done(worker.ready.wait(), worker.task)
             yield worker
         finally:
             worker.shutdown.set()
+
+
+async def _first_done(wait: Coroutine[Any, Any, Any], task: asyncio.Task[None]) -> None:
+    """Wait for ``wait`` unless ``task`` ends first (then raise what ended it)."""
+    waiter = asyncio.ensure_future(wait)
+    try:
+        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done() and not waiter.done():
+        task.result()
+        raise RuntimeError("the worker stopped before it was ready")
 
 
 @dataclass
@@ -64,6 +87,13 @@ class Api:
     settings: Settings
     url: str
     server: uvicorn.Server
+
+    @property
+    def resources(self) -> Resources:
+        """The API process's resources (set by its lifespan)."""
+        app: Any = self.server.config.app
+        resources: Resources = app.state.api.resources
+        return resources
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

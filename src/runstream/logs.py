@@ -21,7 +21,7 @@ LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 # Libraries whose INFO output is one line per poll or per request: at INFO they bury
 # runstream's own lines, so they only speak up from WARNING on.
-QUIET_LOGGERS: Final = ("streaq", "httpx", "httpcore")
+QUIET_LOGGERS: Final = ("streaq", "coredis", "httpx", "httpcore")
 
 # Marks the handler configure_logging installed, so a second call replaces it rather
 # than doubling every line, and handlers installed by others (pytest) are left alone.
@@ -79,7 +79,14 @@ def _formatter(shared: list[Processor], *, json: bool) -> logging.Formatter:
         # A traceback inside one JSON value keeps one event per line.
         final: list[Processor] = [structlog.processors.format_exc_info, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        tty = sys.stderr.isatty()
+        # Never show locals: a frame's locals may hold API keys, JWT secrets or tokens.
+        tracebacks = (
+            structlog.dev.RichTracebackFormatter(show_locals=False)
+            if tty
+            else structlog.dev.plain_traceback
+        )
+        renderer = structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=tracebacks)
         final = [renderer]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

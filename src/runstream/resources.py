@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from runstream.agents.registry import AgentRegistry, load_registry
 from runstream.config import Settings
-from runstream.models import Run
+from runstream.concurrency import complete_before_cancel
+from runstream.models import Event, Run
 from runstream.store.database import open_store
 from runstream.store.repository import RunStore
 from runstream.streams.connection import open_redis, pool_stats
@@ -44,11 +45,16 @@ class Resources:
             hub=self.hub,
             log=self.log,
             load_run=self._load_run,
-            read_archive=self.store.read_events,
+            read_archive=self._read_archive,
         )
 
+    # Followers are cancelled whenever a client leaves: their database reads complete
+    # first (see complete_before_cancel).
     async def _load_run(self, run_id: str) -> Run | None:
-        return await self.store.get_run(run_id)
+        return await complete_before_cancel(self.store.get_run(run_id))
+
+    async def _read_archive(self, run_id: str, after: int, limit: int) -> list[Event]:
+        return await complete_before_cancel(self.store.read_events(run_id, after, limit))
 
     def pool_in_use(self) -> int:
         """Command connections currently lent out (0 when the process is idle)."""

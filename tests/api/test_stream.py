@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from runstream.store.database import open_store
 from tests.api.streaming import read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, Worker
@@ -115,10 +116,14 @@ async def test_record_is_final_when_the_terminal_event_is_seen(client: httpx.Asy
 
 
 async def test_finished_run_replays_from_the_database_once_redis_lost_its_log(
-    client: httpx.AsyncClient, redis_server: RedisServer
+    client: httpx.AsyncClient, redis_server: RedisServer, sqlite_url: str
 ) -> None:
     run_id = await start(client, "scripted", count=3)
     full = await read_stream(client, run_id)
+    async with open_store(sqlite_url) as store:  # archiving may follow the terminal event
+        async with asyncio.timeout(10):
+            while len(await store.read_events(run_id, 0, 100)) < len(full):
+                await asyncio.sleep(0.01)
     with redis_server.admin() as admin:
         assert admin.delete(f"runstream:run:{{{run_id}}}:events") == 1
     assert await read_stream(client, run_id) == full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from runstream.errors import BackendUnavailable
+from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.models import Event, Run, RunStatus
 from runstream.store import RunStore, open_store
-from runstream.store.database import CONNECT_TIMEOUT_S
+from runstream.store import database as database_module
+from runstream.store.database import CONNECT_TIMEOUT_S, POOL_SIZE
 from tests.store.conftest import postgres_url
 
 if TYPE_CHECKING:
@@ -198,12 +200,14 @@ async def test_list_runs_pages_newest_first_without_overlap(store: RunStore) -> 
 
     pages: list[list[Run]] = []
     before: tuple[datetime, str] | None = None
-    while True:
+    for _ in range(len(runs) + 1):  # a cursor that never advances must fail, not hang
         page = await store.list_runs("alice", status=None, thread_id=None, limit=3, before=before)
         if not page:
             break
         pages.append(page)
         before = (page[-1].created_at, page[-1].id)
+    else:
+        pytest.fail(f"paging did not end: {[len(page) for page in pages]}")
 
     assert [len(page) for page in pages] == [3, 3, 1]
     assert [run.id for page in pages for run in page] == [run.id for run in expected]
@@ -469,10 +473,12 @@ async def test_silent_database_server_times_out_as_backend_unavailable() -> None
     assert time.monotonic() - started < CONNECT_TIMEOUT_S + 1.5
 
 
-async def test_unopenable_sqlite_file_raises_backend_unavailable(tmp_path: Any) -> None:
+async def test_sqlite_file_in_a_missing_directory_raises_backend_unavailable(
+    tmp_path: Any,
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'runstream.db'}"
 
-    with pytest.raises(BackendUnavailable, match="unable to open database file"):
+    with pytest.raises(BackendUnavailable, match="no-such-dir does not exist"):
         async with open_store(url):
             pass
 
@@ -495,3 +501,18 @@ async def test_store_methods_raise_backend_unavailable_while_postgres_is_down(
         await store.ping()
         assert await store.get_run(run.id) == run
         assert store.engine.pool.checkedout() == 0
+
+
+async def test_exhausted_pool_raises_too_many_connections(
+    database: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "POOL_TIMEOUT_S", 0.2)  # not the real 10 s wait
+    async with open_store(database.url) as store:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(POOL_SIZE):
+                await held.enter_async_context(store.engine.connect())
+
+            with pytest.raises(TooManyConnections, match=r"^database unavailable: "):
+                await store.ping()
+
+        await store.ping()  # the pool serves again once connections are back

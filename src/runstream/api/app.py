@@ -25,7 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
     """An API app for ``settings``; its lifespan opens and closes every connection."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_resources(settings, role="api") as resources:
             # A producer only: it never runs tasks, it holds the queue's named connections.
             queue = RunQueue(
@@ -35,8 +35,10 @@ def create_app(settings: Settings) -> FastAPI:
                 queue_name=settings.queue_name,
             )
             async with queue:
+                state = ApiState(resources=resources, queue=queue)
+                app.state.api = state  # for operators' tools and tests; requests use their own
                 log.info("api started", instance=settings.instance)
-                yield {"api": ApiState(resources=resources, queue=queue)}
+                yield {"api": state}
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)

@@ -36,11 +36,6 @@ class Interrupts:
         elif self._force is not None:
             self._force(sig)
 
-    @property
-    def received(self) -> bool:
-        """Whether at least one stop signal arrived."""
-        return self.count > 0
-
 
 @contextmanager
 def handle_signals(

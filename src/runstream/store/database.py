@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from runstream.errors import BackendUnavailable
 from runstream.store.repository import RunStore, create_schema, database_errors
 
 if TYPE_CHECKING:
@@ -34,9 +37,12 @@ async def open_store(database_url: str) -> AsyncIterator[RunStore]:
     pooled connection is closed on exit, on success, error and cancellation alike.
     Raises BackendUnavailable when the database cannot be reached.
     """
-    engine = create_engine(database_url)
+    engine = build_engine(database_url)
     try:
         with database_errors():
+            if engine.dialect.name == "sqlite":
+                _check_sqlite_directory(engine.url)
+                await _use_wal(engine)
             async with engine.begin() as connection:
                 await create_schema(connection)
         yield RunStore(async_sessionmaker(engine, expire_on_commit=False))
@@ -44,7 +50,7 @@ async def open_store(database_url: str) -> AsyncIterator[RunStore]:
         await _dispose(engine)
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def build_engine(database_url: str) -> AsyncEngine:
     """An AsyncEngine with a small bounded pool, tuned for the URL's backend."""
     url = make_url(database_url)
     backend = url.get_backend_name()
@@ -71,7 +77,7 @@ def _postgresql_engine(url: URL) -> AsyncEngine:
 
 
 def _sqlite_engine(url: URL) -> AsyncEngine:
-    if url.database in (None, "", ":memory:"):
+    if _is_memory(url):
         # An in-memory database lives in one connection: SQLAlchemy's StaticPool, no sizing.
         engine = create_async_engine(url)
     else:
@@ -82,11 +88,45 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
     return engine
 
 
+def _check_sqlite_directory(url: URL) -> None:
+    # Says which directory is missing, which "unable to open database file" does not, and
+    # keeps aiosqlite off its failed-connect path, whose worker thread outlives the call
+    # (it can then report "Event loop is closed" from a thread: omnilib/aiosqlite#389).
+    database = url.database
+    if database is None or _is_memory(url) or database.startswith("file:"):  # URI: SQLite's
+        return
+    directory = Path(database).absolute().parent
+    if not directory.is_dir():
+        raise BackendUnavailable(f"database unavailable: directory {directory} does not exist")
+
+
+def _is_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+async def _use_wal(engine: AsyncEngine) -> None:
+    # WAL: readers never block the writer, so API and worker processes share the file.
+    # The mode is stored in the file, so switching once per open is enough. Connections
+    # racing to switch a fresh file get "database is locked" at once, without the busy
+    # timeout applying, hence the retries.
+    if _is_memory(engine.url):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as error:
+            if "locked" not in str(error) or loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        # WAL: readers never block the writer, so API and worker processes share the file.
-        cursor.execute("PRAGMA journal_mode=WAL")
         # Writers queue for the lock instead of failing at once with "database is locked".
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection.

@@ -208,7 +208,7 @@ class RunStore:
             query = query.where(
                 or_(
                     RunRow.created_at < moment,
-                    and_(RunRow.created_at == moment, RunRow.id <= last_id),
+                    and_(RunRow.created_at == moment, RunRow.id < last_id),
                 )
             )
         query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)

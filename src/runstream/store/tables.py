@@ -7,7 +7,7 @@ and :class:`runstream.models.Event`, built by the repository.
 from __future__ import annotations
 
 # Needed at runtime: SQLAlchemy resolves the Mapped[...] annotations when mapping.
-from datetime import datetime  # noqa: TC003
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (

@@ -115,7 +115,9 @@ class Executor:
             if run.status is RunStatus.RUNNING:
                 await self.end_orphan(run)
                 return
-            if not await self._res.control.acquire(run_id, self._owner, self._lock_ttl_s):
+            with redis_errors(role=self._res.role, instance=self._owner):
+                taken = await self._res.control.acquire(run_id, self._owner, self._lock_ttl_s)
+            if not taken:
                 return  # another worker has it
             try:
                 async with self._holding_lock(run_id):

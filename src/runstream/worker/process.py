@@ -9,8 +9,9 @@ and returns with every connection released.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
 
@@ -24,10 +25,19 @@ from runstream.worker.queue import RunQueue, enqueue_run
 log = structlog.get_logger(__name__)
 
 
-async def run_worker(settings: Settings, shutdown: asyncio.Event) -> None:
-    """Execute runs until ``shutdown`` is set, then wind down within the grace periods."""
+async def run_worker(
+    settings: Settings,
+    shutdown: asyncio.Event,
+    ready: Callable[[Resources, Executor], None] | None = None,
+) -> None:
+    """Execute runs until ``shutdown`` is set, then wind down within the grace periods.
+
+    ``ready`` is called once the worker's resources are open (operators' tools and tests).
+    """
     async with open_resources(settings, role="worker") as resources:
         executor = Executor(resources)
+        if ready is not None:
+            ready(resources, executor)
         queue = RunQueue(
             settings.redis_url,
             role="worker",
@@ -40,7 +50,9 @@ async def run_worker(settings: Settings, shutdown: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             consumer = tg.create_task(queue.run_async())
             sweeper = tg.create_task(Sweeper(resources, executor, queue).run())
-            await _first_of(shutdown.wait(), consumer)
+            waiter = tg.create_task(shutdown.wait())
+            await asyncio.wait([waiter, consumer], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
             queue.stop()
             log.info("worker shutting down", running=executor.active_runs)
             done, _ = await asyncio.wait([consumer], timeout=settings.shutdown_grace_s)
@@ -49,18 +61,6 @@ async def run_worker(settings: Settings, shutdown: asyncio.Event) -> None:
             await asyncio.wait([consumer])
             sweeper.cancel()
         log.info("worker stopped", instance=settings.instance)
-
-
-async def _first_of(event_wait: object, task: asyncio.Task[None]) -> None:
-    """Wait until the event is set or the task ends, whichever comes first."""
-    assert asyncio.iscoroutine(event_wait)
-    waiter = asyncio.ensure_future(event_wait)
-    try:
-        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiter
 
 
 class Sweeper:
@@ -103,11 +103,8 @@ class Sweeper:
                 self._missing_since.pop(run.id, None)
         for run_id in set(self._missing_since) - seen:
             del self._missing_since[run_id]
-        cutoff = utcnow().timestamp() - self._lost_s
-        from datetime import UTC, datetime
-
         queued = await self._res.store.runs_with_status(
-            RunStatus.QUEUED, created_before=datetime.fromtimestamp(cutoff, UTC)
+            RunStatus.QUEUED, created_before=utcnow() - timedelta(seconds=self._lost_s)
         )
         for run in queued:
             await enqueue_run(self._queue, run.id)

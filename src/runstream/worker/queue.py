@@ -16,7 +16,7 @@ import orjson
 import structlog
 from anyio import CancelScope
 from coredis.exceptions import RedisError as CoredisError
-from streaq import Worker
+from streaq import StreaqRetry, Worker
 
 from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.streams.keys import client_name, queue_prefix
@@ -75,7 +75,12 @@ class RunQueue(Worker):
         """Make ``execute(run_id)`` the body of the queue's one task."""
 
         async def execute_run(run_id: str) -> None:
-            await execute(run_id)
+            try:
+                await execute(run_id)
+            except BackendUnavailable as exc:
+                # Nothing was started (the run is still queued): try again shortly.
+                log.warning("run not started; retrying", run_id=run_id, error=str(exc))
+                raise StreaqRetry(str(exc), delay=1) from exc
 
         self.task(name=TASK_NAME, timeout=None, max_tries=20)(execute_run)
 

@@ -1,0 +1,232 @@
+"""The ``runstream`` command: dev, api, worker and run (DESIGN.md section 7).
+
+Each command reports failure as one line, ``runstream: <what and how to fix it>``, on
+stderr, with exit code 2 for bad configuration or arguments (nothing was started) and 1
+when the work itself failed. The server commands import the application lazily, so
+``runstream run`` and ``--help`` start fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+
+import orjson
+import structlog
+import typer
+
+from runstream.cli.api_client import DEFAULT_API_URL
+from runstream.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from runstream.config import load_settings
+from runstream.errors import ConfigError, RunstreamError
+from runstream.logs import LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
+
+app = typer.Typer(
+    name="runstream",
+    help="Run AI agents in background workers and stream their events live.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
+    # Locals may hold tokens and keys: never print them with a traceback.
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+HostOption = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        help="Address to bind. Anything but loopback requires authentication "
+        "(RUNSTREAM_API_KEYS or RUNSTREAM_JWT_SECRET).",
+    ),
+]
+PortOption = Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port to bind.")]
+
+
+@app.callback()
+def _configure(
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            envvar="RUNSTREAM_LOG_LEVEL",
+            help=f"Log level: {', '.join(LEVELS)}. RUNSTREAM_LOG_JSON=1 logs JSON lines.",
+        ),
+    ] = "info",
+) -> None:
+    """Run AI agents in background workers and stream their events live."""
+    with reported_errors():
+        json_logs = env_flag("RUNSTREAM_LOG_JSON")
+        try:
+            configure_logging(json=json_logs, level=log_level)
+        except ValueError as exc:
+            raise ConfigError(f"--log-level: {exc}") from None
+
+
+@app.command()
+def dev(host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT) -> None:
+    """Everything in one process: API, worker, a private Redis and SQLite.
+
+    A private redis-server is started on a free local port unless RUNSTREAM_REDIS_URL is
+    set; the database is RUNSTREAM_DATABASE_URL (default: ./runstream.db). Ctrl-C stops
+    it all gracefully: running runs get RUNSTREAM_SHUTDOWN_GRACE_S, then end stopped.
+    """
+    from runstream.cli.dev import run_dev
+    from runstream.cli.output import consoles
+
+    with reported_errors():
+        out, _ = consoles()
+        run_dev(host, port, out)
+
+
+@app.command()
+def api(host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT) -> None:
+    """Serve the HTTP API under uvicorn until SIGTERM or Ctrl-C.
+
+    On SIGTERM open streams are closed (clients resume elsewhere with Last-Event-ID)
+    and requests in flight get RUNSTREAM_SHUTDOWN_GRACE_S to finish.
+    """
+    from runstream.cli.server import check_bind, serve_api
+
+    with reported_errors():
+        settings = load_settings()
+        check_bind(host, settings)
+        asyncio.run(serve_api(settings, host, port))
+
+
+@app.command()
+def worker() -> None:
+    """Execute runs until SIGTERM or Ctrl-C, then wind down gracefully.
+
+    Running runs get RUNSTREAM_SHUTDOWN_GRACE_S to finish; then they are stopped
+    ("worker shut down"), agents that ignore the stop after RUNSTREAM_STOP_GRACE_S.
+    """
+    from runstream.cli.worker import serve_worker
+
+    with reported_errors():
+        settings = load_settings()
+        asyncio.run(serve_worker(settings))
+
+
+@app.command()
+def run(
+    agent: Annotated[str, typer.Argument(help="Name of a registered agent, e.g. echo.")],
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input", "-i", help='The agent\'s input as a JSON object, e.g. \'{"text": "hi"}\'.'
+        ),
+    ],
+    api_url: Annotated[
+        str, typer.Option("--api", envvar="RUNSTREAM_API_URL", help="Base URL of the API.")
+    ] = DEFAULT_API_URL,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="RUNSTREAM_TOKEN", help="API key or JWT (Bearer)."),
+    ] = None,
+    thread_id: Annotated[
+        str | None, typer.Option("--thread-id", help="Thread the run belongs to.")
+    ] = None,
+) -> None:
+    """Start a run and print its events until it ends.
+
+    Exit code 0 when it completed, 1 when it failed, 3 when it was stopped. Ctrl-C asks
+    the API to stop the run and keeps following; a second Ctrl-C leaves at once.
+    """
+    from runstream.cli.follow import start_and_follow
+    from runstream.cli.output import EventPrinter, consoles
+
+    with reported_errors():
+        agent_input = parse_input(input)
+        printer = EventPrinter(*consoles())
+        code = asyncio.run(
+            start_and_follow(
+                api_url=api_url,
+                token=token,
+                agent=agent,
+                input=agent_input,
+                thread_id=thread_id,
+                printer=printer,
+            )
+        )
+    raise typer.Exit(code)
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    """The ``--input`` JSON object, or CliError (exit 2) saying what is wrong with it."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"--input is not valid JSON: {exc}", EXIT_USAGE) from None
+    if not isinstance(value, dict):
+        raise CliError('--input must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
+    return value
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable (1/0, true/false, yes/no, on/off); ConfigError else."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn runstream's errors and Ctrl-C into one line on stderr and an exit code."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except CliError as exc:
+        fail(str(exc), exc.exit_code)
+    except RunstreamError as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handlers were in place (e.g. during startup).
+        fail("interrupted", EXIT_INTERRUPTED)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        # Not one of ours (a library's connection error, a bug): the traceback goes to
+        # the log, where operators collect it, and the terminal still ends with one line.
+        log.error("command failed", exc_info=exc)
+        fail(f"{describe(exc)} (traceback in the log above)", 1)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, of the first one inside an exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``runstream: <message>`` (one line) on stderr and exit with ``code``."""
+    line = " ".join(message.split())  # one line, whatever the message held
+    typer.echo(f"runstream: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``runstream`` executable."""
+    app(prog_name="runstream")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``runstream worker`` as a process: starts, logs JSON, stops on SIGTERM with exit 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.cli import background, cli_env, wait_for
+from tests.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no persistence, free loopback port)."""
+    server = RedisServer(tmp_path / "redis-data")
+    server.workdir.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_worker_exits_on_sigterm(private_redis: RedisServer, tmp_path: Path) -> None:
+    env = cli_env(
+        RUNSTREAM_REDIS_URL=private_redis.url,
+        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
+        RUNSTREAM_INSTANCE="w1",
+        RUNSTREAM_LOG_JSON="1",
+    )
+    with background("worker", env=env, workdir=tmp_path) as worker:
+        wait_for(lambda: "worker started" in worker.stderr, 20, "the worker to start")
+        names = private_redis.client_names("runstream:worker:w1:")
+        assert "runstream:worker:w1:pubsub" in names
+        assert worker.signal_and_wait(signal.SIGTERM, timeout=15) == 0, worker.stderr
+
+    # Every connection it held is gone, and its log is JSON lines with our fields.
+    assert private_redis.client_names("runstream:") == []
+    records = [json.loads(line) for line in worker.stderr.splitlines()]
+    stopped = [r for r in records if r["event"] == "worker stopped"]
+    assert stopped and stopped[0]["instance"] == "w1"
+    assert {"timestamp", "level", "logger"} <= stopped[0].keys()
+    assert stopped[0]["timestamp"].endswith("Z")
+    assert not any(r["logger"].startswith("streaq") and r["level"] == "info" for r in records)
+
+
+def test_worker_says_when_redis_is_down(tmp_path: Path) -> None:
+    from tests.cli import free_port, run_cli
+
+    env = cli_env(
+        RUNSTREAM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
+    )
+    result = run_cli("worker", env=env, timeout=40)
+    assert result.returncode == 1
+    # Whatever the log above holds, the terminal ends with one line saying what failed.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("runstream: ")
+    assert "connection" in last.lower()

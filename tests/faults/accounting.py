@@ -1,0 +1,99 @@
+"""Leak accounting: what a runstream system holds, compared before and after a fault.
+
+A snapshot counts (a) the connections named ``runstream:*`` in CLIENT LIST, by name,
+(b) the command connections each process's pool has lent out, (c) the tasks of the
+event loop, and (d) the channels subscribed on the server with their subscriber counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from runstream.resources import Resources
+from tests.redis_server import RedisServer
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    connections: Counter[str]
+    pool_in_use: dict[str, int]
+    tasks: Counter[str]
+    channels: dict[str, int]
+    hub_subscribers: dict[str, int] = field(default_factory=dict)
+
+    def diff(self, other: Snapshot) -> list[str]:
+        """What differs between two snapshots, in words; empty when they are equal."""
+        out = []
+        if self.connections != other.connections:
+            out.append(f"connections {dict(self.connections)} -> {dict(other.connections)}")
+        if self.pool_in_use != other.pool_in_use:
+            out.append(f"pool in use {self.pool_in_use} -> {other.pool_in_use}")
+        if self.tasks != other.tasks:
+            more, fewer = other.tasks - self.tasks, self.tasks - other.tasks
+            out.append(f"tasks +{dict(more)} -{dict(fewer)}")
+        if self.channels != other.channels:
+            out.append(f"server channels {self.channels} -> {other.channels}")
+        if self.hub_subscribers != other.hub_subscribers:
+            out.append(f"hub subscribers {self.hub_subscribers} -> {other.hub_subscribers}")
+        return out
+
+
+def _task_label(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", type(coro).__name__)
+    return str(name)
+
+
+class Accountant:
+    """Takes snapshots of one server and the processes (Resources) living in this loop."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.processes: dict[str, Resources] = {}
+
+    def track(self, label: str, resources: Resources) -> None:
+        self.processes[label] = resources
+
+    def snapshot(self) -> Snapshot:
+        current = asyncio.current_task()
+        with self.server.admin() as admin:
+            clients = admin.client_list()
+            channels = [c.decode() for c in admin.pubsub_channels()]
+            numsub = dict(admin.pubsub_numsub(*channels)) if channels else {}
+        return Snapshot(
+            connections=Counter(
+                str(c["name"]) for c in clients if str(c.get("name", "")).startswith("runstream:")
+            ),
+            pool_in_use={k: r.pool_in_use() for k, r in self.processes.items()},
+            tasks=Counter(_task_label(t) for t in asyncio.all_tasks() if t is not current),
+            channels={
+                (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in numsub.items()
+            },
+            hub_subscribers={k: r.hub.stats().subscribers for k, r in self.processes.items()},
+        )
+
+    async def settle(self, timeout: float = 5.0) -> Snapshot:
+        """A snapshot taken once the system has stopped changing (for a baseline)."""
+        previous = self.snapshot()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            current = self.snapshot()
+            if not current.diff(previous):
+                return current
+            previous = current
+        return previous
+
+    async def assert_back_to(self, baseline: Snapshot, timeout: float = 15.0) -> None:
+        """Wait until the system holds exactly what it held at the baseline, or fail saying what differs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            differences = baseline.diff(self.snapshot())
+            if not differences:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("not back to baseline: " + "; ".join(differences))
+            await asyncio.sleep(0.05)

@@ -1,0 +1,124 @@
+"""Faults on the streaming side: every one ends with the system back to its baseline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from httpx_sse import aconnect_sse
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.api.streaming import read_stream, start
+from tests.faults.conftest import FaultSystem
+
+
+async def first_events(client: httpx.AsyncClient, run_id: str, n: int) -> list[dict[str, Any]]:
+    """Read ``n`` events, then leave (the client disconnects mid-stream)."""
+    events: list[dict[str, Any]] = []
+    async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
+            if len(events) >= n:
+                break
+    return events
+
+
+def ids(events: list[dict[str, Any]]) -> list[int]:
+    return [int(e["id"]) for e in events]
+
+
+async def test_client_disconnecting_mid_stream_releases_everything(system: FaultSystem) -> None:
+    client = system.client
+    run_ids = [await start(client, "scripted", count=50, interval_ms=20) for _ in range(5)]
+    await asyncio.gather(*(first_events(client, r, 3) for r in run_ids for _ in range(4)))
+    for run_id in run_ids:
+        assert ids(await read_stream(client, run_id)) == list(range(1, 53))
+    await system.assert_back_to_baseline()
+
+
+async def test_client_disconnecting_before_the_first_event_releases_everything(
+    system: FaultSystem,
+) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=1, hang=True)
+    for _ in range(20):
+        async with client.stream("GET", f"/runs/{run_id}/stream") as response:
+            assert response.status_code == 200  # headers only: leave before any event
+    await client.post(f"/runs/{run_id}/stop")
+    assert (await read_stream(client, run_id))[-1]["data"]["status"] == "stopped"
+    await system.assert_back_to_baseline()
+
+
+async def test_client_disconnecting_during_replay_releases_everything(
+    system: FaultSystem,
+) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=1500, payload_bytes=200)
+    full = await read_stream(client, run_id)
+    assert len(full) == 1502
+    await asyncio.gather(*(first_events(client, run_id, 700) for _ in range(10)))
+    await system.assert_back_to_baseline()
+
+
+@pytest.fixture
+def fault_settings() -> dict[str, Any]:
+    return {"subscriber_queue_size": 2}
+
+
+async def test_reader_too_slow_for_its_queue_falls_back_to_the_log(system: FaultSystem) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=200, interval_ms=1)
+    events: list[dict[str, Any]] = []
+    async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                events.append({"id": sse.id, "data": orjson.loads(sse.data)})
+                if len(events) % 20 == 0:
+                    await asyncio.sleep(0.05)  # a reader slower than the run
+    assert ids(events) == list(range(1, 203))
+    assert system.api.resources.hub.stats().subscribers == 0
+    await system.assert_back_to_baseline()
+
+
+async def test_pubsub_connection_killed_mid_stream_loses_nothing(system: FaultSystem) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=150, interval_ms=10)
+    reader = asyncio.create_task(read_stream(client, run_id))
+    await first_events(client, run_id, 5)
+    with system.server.admin() as admin:
+        assert admin.client_kill_filter(_type="pubsub") >= 2  # the API's and the worker's
+    events = await asyncio.wait_for(reader, 30)
+    assert ids(events) == list(range(1, 153))
+    await system.assert_back_to_baseline()
+
+
+async def test_subscribe_failing_at_stream_start_releases_everything(
+    system: FaultSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=3)
+    full = await read_stream(client, run_id)
+    original = PubSub.subscribe
+    notify = f"runstream:run:{{{run_id}}}:notify"
+
+    async def failing_subscribe(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        if any(notify in str(arg) for arg in args):
+            raise RedisConnectionError("injected: subscribe failed")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PubSub, "subscribe", failing_subscribe)
+    for _ in range(3):
+        async with client.stream("GET", f"/runs/{run_id}/stream") as response:
+            body = b"".join([chunk async for chunk in response.aiter_bytes()])
+            # Either refused at once (503) or ended before any event: never a hang.
+            assert response.status_code in (200, 503) and b"event:" not in body
+    monkeypatch.undo()
+    # The hub rebuilt its connection after the failed command; streams are served again.
+    assert await system.api.resources.hub.wait_connected(10)
+    assert await read_stream(client, run_id) == full
+    await system.assert_back_to_baseline()
