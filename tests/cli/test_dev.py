@@ -20,6 +20,7 @@ from tests.cli import (
     wait_for,
     wait_healthy,
 )
+from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -213,3 +214,24 @@ def test_dev_stops_running_runs_on_shutdown(tmp_path: Path) -> None:
 def run_status(url: str, run_id: str) -> str:
     status: str = httpx.get(f"{url}/runs/{run_id}", timeout=5).json()["status"]
     return status
+
+
+def test_dev_uses_redis_url_when_set(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis-data")
+    redis.workdir.mkdir()
+    redis.start()
+    try:
+        env = dev_env(tmp_path) | {"RUNSTREAM_REDIS_URL": redis.url, "RUNSTREAM_INSTANCE": "d1"}
+        port = free_port()
+        with background("dev", "--port", str(port), env=env, workdir=tmp_path) as dev:
+            wait_healthy(f"http://127.0.0.1:{port}", dev)
+            dev.wait_output("Redis")
+            assert f"Redis     {redis.url}\n" in dev.stdout.replace(" │", "").replace("│ ", "")
+            # Both halves are on the given server, each under its own instance name.
+            names = redis.client_names("runstream:")
+            assert "runstream:api:d1-api:pubsub" in names
+            assert "runstream:worker:d1-worker:pubsub" in names
+            assert dev.signal_and_wait(signal.SIGTERM, timeout=15) == 0, dev.stderr
+        assert redis.client_names("runstream:") == []
+    finally:
+        redis.stop()

@@ -91,3 +91,12 @@ def test_bad_log_settings_fail_with_one_line() -> None:
     result = run_cli("--log-level", "loud", "worker", env=cli_env())
     assert result.returncode == 2
     assert "unknown log level 'loud'" in one_line(result.stderr)
+
+
+def test_dev_reports_a_redis_server_that_does_not_start(tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    result = run_cli("dev", "--port", str(free_port()), env=cli_env(PATH=str(tmp_path)))
+    assert result.returncode == 1
+    assert "the embedded redis-server did not start" in one_line(result.stderr)

@@ -17,10 +17,10 @@ from runstream.models import Event, Run, RunStatus
 from runstream.store import RunStore, open_store
 from runstream.store import database as database_module
 from runstream.store.database import CONNECT_TIMEOUT_S, POOL_SIZE
-from tests.store.conftest import postgres_url
+from tests.postgres import postgres_url
 
 if TYPE_CHECKING:
-    from tests.store.conftest import TcpProxy, TestDatabase
+    from tests.postgres import TcpProxy, TestDatabase
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
