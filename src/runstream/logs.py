@@ -105,7 +105,11 @@ def _install_handler(formatter: logging.Formatter, level: int) -> None:
     handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
-    # uvicorn's loggers keep a level of their own once configured; with log_config=None
-    # they inherit, but an embedding application may have set one: follow ours.
+    # uvicorn's own logging config (used when someone ran uvicorn without
+    # log_config=None in this process) gives its loggers private handlers and stops them
+    # propagating: take them back so every line has one format and one destination.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).setLevel(level)
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(level)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from runstream.agents.registry import AgentRegistry, load_registry
-from runstream.config import Settings
 from runstream.concurrency import complete_before_cancel
+from runstream.config import Settings
 from runstream.models import Event, Run
 from runstream.store.database import open_store
 from runstream.store.repository import RunStore

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
 from typing import TYPE_CHECKING
 
 import pytest
 import structlog
+import uvicorn.config
 
 from runstream.cli.dev import api_url, redact
 from runstream.cli.errors import CliError, Interrupted
@@ -78,21 +80,34 @@ async def test_until_set_raises_the_work_error_unwrapped(no_task_leaks: None) ->
         await until_set(asyncio.Event(), work())
 
 
+_TOUCHED = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "streaq", "coredis", "httpx")
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    """Put back every logger configure_logging touches, and structlog's defaults."""
+    saved = {
+        name: (list(lg.handlers), lg.level, lg.propagate)
+        for name in _TOUCHED
+        for lg in [logging.getLogger(name)]
+    }
     yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
 
 
 @pytest.mark.usefixtures("restore_logging")
 def test_json_logs_carry_context_level_and_utc_time(capsys: pytest.CaptureFixture[str]) -> None:
+    # As if uvicorn had configured its own loggers earlier in the process.
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
     configure_logging(json=True, level="info")
     structlog.contextvars.bind_contextvars(run_id="r-1", instance="i-1")
     structlog.get_logger("runstream.test").info("hello", n=1)

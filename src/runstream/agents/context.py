@@ -34,7 +34,7 @@ class RunContext:
 
     # A timeout parameter (not asyncio.timeout around the call) because a timeout here
     # is the normal outcome, reported as False, not an error to catch.
-    async def wait_stopped(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait until a stop is requested or ``timeout`` seconds pass.
 
         Return True if the stop was requested (possibly before the call), False on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,7 @@ from runstream.api.errors import install_error_handlers
 from runstream.api.limits import BodyLimit
 from runstream.config import Settings
 from runstream.resources import open_resources
-from runstream.worker.queue import RunQueue
+from runstream.worker.queue import RunQueue, keep_queue
 
 log = structlog.get_logger(__name__)
 
@@ -34,11 +35,15 @@ def create_app(settings: Settings) -> FastAPI:
                 instance=settings.instance,
                 queue_name=settings.queue_name,
             )
-            async with queue:
+            async with queue, asyncio.TaskGroup() as tg:
+                keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
                 state = ApiState(resources=resources, queue=queue)
                 app.state.api = state  # for operators' tools and tests; requests use their own
                 log.info("api started", instance=settings.instance)
-                yield {"api": state}
+                try:
+                    yield {"api": state}
+                finally:
+                    keeper.cancel()
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
-from streaq import Worker
 
 from runstream.api.auth import bearer_token, principal_for
 from runstream.api.errors import not_found
 from runstream.resources import Resources
+from runstream.worker.queue import RunQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class ApiState:
     """What the lifespan opened for the API process."""
 
     resources: Resources
-    queue: Worker
+    queue: RunQueue
 
 
 def get_state(request: Request) -> ApiState:

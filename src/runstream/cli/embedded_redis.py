@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from runstream.errors import ConfigError, RunstreamError
 
@@ -131,7 +133,13 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float) -> 
 
 def _pings(port: int) -> bool:
     client = redis.Redis(
-        host="127.0.0.1", port=port, client_name=CLIENT_NAME, socket_connect_timeout=1
+        host="127.0.0.1",
+        port=port,
+        client_name=CLIENT_NAME,
+        socket_connect_timeout=1,
+        # No retries: redis-py's default backs off for seconds on a refused connection,
+        # and a server that is still starting is exactly that; the caller polls instead.
+        retry=Retry(NoBackoff(), 0),
     )
     with client, contextlib.suppress(redis.RedisError):
         return bool(client.ping())

@@ -9,6 +9,7 @@ and returns with every connection released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -38,29 +39,77 @@ async def run_worker(
         executor = Executor(resources)
         if ready is not None:
             ready(resources, executor)
-        queue = RunQueue(
-            settings.redis_url,
-            role="worker",
-            instance=settings.instance,
-            queue_name=settings.queue_name,
-            concurrency=settings.worker_concurrency,
-        )
-        queue.register_executor(executor.execute)
+        consumer = Consumer(settings, executor)
         log.info("worker started", instance=settings.instance)
         async with asyncio.TaskGroup() as tg:
-            consumer = tg.create_task(queue.run_async())
-            sweeper = tg.create_task(Sweeper(resources, executor, queue).run())
+            consuming = tg.create_task(consumer.run())
+            sweeper = tg.create_task(Sweeper(resources, executor, consumer).run())
             waiter = tg.create_task(shutdown.wait())
-            await asyncio.wait([waiter, consumer], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, consuming], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
-            queue.stop()
+            consumer.stop()
             log.info("worker shutting down", running=executor.active_runs)
-            done, _ = await asyncio.wait([consumer], timeout=settings.shutdown_grace_s)
+            done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
             if not done:
                 executor.stop_all(SHUTDOWN_ERROR)
-            await asyncio.wait([consumer])
+            await asyncio.wait([consuming])
             sweeper.cancel()
         log.info("worker stopped", instance=settings.instance)
+
+
+class Consumer:
+    """Runs the queue's consumer, and a fresh one whenever a Redis failure ends it.
+
+    streaq loads its functions and creates its consumer group only when it starts, so a
+    Redis restart makes its next call fail and its run end. Runs in progress are shielded
+    by streaq and finish first; runs that were queued are brought back by the sweeper.
+    """
+
+    def __init__(self, settings: Settings, executor: Executor) -> None:
+        self._settings = settings
+        self._executor = executor
+        self._stopping = asyncio.Event()
+        self.queue: RunQueue | None = None
+
+    def stop(self) -> None:
+        """Take no more runs; ``run`` returns once the running ones are done."""
+        self._stopping.set()
+        if self.queue is not None:
+            self.queue.stop()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            self.queue = self._new_queue()
+            try:
+                await self.queue.run_async()
+                return
+            except Exception as exc:  # a Redis restart or outage: start again
+                if self._stopping.is_set():
+                    return
+                log.error("queue consumer ended by an error; restarting", error=_summary(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await self._stopping.wait()
+            backoff = min(backoff * 2, 5.0)
+
+    def _new_queue(self) -> RunQueue:
+        queue = RunQueue(
+            self._settings.redis_url,
+            role="worker",
+            instance=self._settings.instance,
+            queue_name=self._settings.queue_name,
+            concurrency=self._settings.worker_concurrency,
+        )
+        queue.register_executor(self._executor.execute)
+        return queue
+
+
+def _summary(exc: BaseException) -> str:
+    """The innermost message of a (possibly grouped) exception."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Sweeper:
@@ -73,10 +122,10 @@ class Sweeper:
     task still exists, so this only brings back what a Redis restart lost.
     """
 
-    def __init__(self, resources: Resources, executor: Executor, queue: RunQueue) -> None:
+    def __init__(self, resources: Resources, executor: Executor, consumer: Consumer) -> None:
         self._res = resources
         self._executor = executor
-        self._queue = queue
+        self._consumer = consumer
         self._lost_s = resources.settings.worker_lost_s
         self._missing_since: dict[str, float] = {}
 
@@ -106,5 +155,8 @@ class Sweeper:
         queued = await self._res.store.runs_with_status(
             RunStatus.QUEUED, created_before=utcnow() - timedelta(seconds=self._lost_s)
         )
+        queue = self._consumer.queue
+        if queue is None:
+            return
         for run in queued:
-            await enqueue_run(self._queue, run.id)
+            await enqueue_run(queue, run.id)

@@ -10,18 +10,38 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
+import streaq
 import structlog
 from anyio import CancelScope
 from coredis.exceptions import RedisError as CoredisError
+from coredis.exceptions import ResponseError as CoredisResponseError
 from streaq import StreaqRetry, Worker
+from streaq.types import Streaq
 
 from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.streams.keys import client_name, queue_prefix
 
 log = structlog.get_logger(__name__)
+
+
+async def _enqueue(queue: Worker, run_id: str) -> None:
+    task = queue.enqueue_unsafe(TASK_NAME, run_id)
+    task.id = run_id
+    await task
+
+
+async def keep_queue(queue: RunQueue, interval: float) -> None:
+    """Keep the queue usable through Redis restarts: reconnect it and reload its functions."""
+    while True:
+        try:
+            await queue.ensure_functions()
+        except (CoredisError, OSError, TimeoutError) as exc:
+            log.debug("queue keeper: Redis unavailable", error=str(exc))
+        await asyncio.sleep(interval)
 
 TASK_NAME = "runstream.execute_run"
 QUEUE_CONNECTIONS = 4  # DESIGN.md section 6: the queue library holds at most 4
@@ -71,6 +91,19 @@ class RunQueue(Worker):
         """Take no more runs; ``run_async`` returns once the running ones are done."""
         self._stop.set()
 
+    async def ensure_functions(self) -> bool:
+        """Load streaq's Lua library again if Redis lost it (a restart); True if it did.
+
+        streaq loads it only when it starts, and every enqueue or acknowledgement fails
+        with "Function not found" until it is back.
+        """
+        if await self.redis.function_list(libraryname=Streaq.NAME):
+            return False
+        code = (Path(streaq.__file__).parent / "lua" / "streaq.lua").read_text()
+        self._lib = await Streaq(self.redis, code=code, replace=True)
+        log.warning("queue functions reloaded (Redis lost them)", queue=self.queue_name)
+        return True
+
     def register_executor(self, execute: Callable[[str], Awaitable[None]]) -> None:
         """Make ``execute(run_id)`` the body of the queue's one task."""
 
@@ -85,16 +118,20 @@ class RunQueue(Worker):
         self.task(name=TASK_NAME, timeout=None, max_tries=20)(execute_run)
 
 
-async def enqueue_run(queue: Worker, run_id: str) -> None:
+async def enqueue_run(queue: RunQueue, run_id: str) -> None:
     """Queue the execution of ``run_id``; a no-op while a task for it already exists.
 
     Raises BackendUnavailable (TooManyConnections for an exhausted budget) when the
     queue's Redis cannot take it.
     """
-    task = queue.enqueue_unsafe(TASK_NAME, run_id)
-    task.id = run_id
     try:
-        await task
+        try:
+            await _enqueue(queue, run_id)
+        except CoredisResponseError as exc:
+            if "function not found" not in str(exc).lower():
+                raise
+            await queue.ensure_functions()  # Redis restarted since the queue started
+            await _enqueue(queue, run_id)
     except (CoredisError, OSError, TimeoutError) as exc:
         text = str(exc)
         if "max number of clients" in text.lower() or "too many connections" in text.lower():
