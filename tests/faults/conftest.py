@@ -41,15 +41,21 @@ def fault_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
+def database_url(sqlite_url: str) -> str:
+    """Override in a test module to run the system on another database."""
+    return sqlite_url
+
+
+@pytest.fixture
 async def system(
-    redis_server: RedisServer, redis_url: str, sqlite_url: str, fault_settings: dict[str, Any]
+    redis_server: RedisServer, redis_url: str, database_url: str, fault_settings: dict[str, Any]
 ) -> AsyncIterator[FaultSystem]:
     AppStatus.should_exit = False  # sse-starlette's process-wide flag (see notes)
     values = {**FAULT_SETTINGS, **fault_settings}
     accountant = Accountant(redis_server)
-    async with running_api(make_settings(redis_url, sqlite_url, instance="api1", **values)) as api:
+    async with running_api(make_settings(redis_url, database_url, instance="api1", **values)) as api:
         accountant.track("api", api.resources)
-        worker_settings = make_settings(redis_url, sqlite_url, instance="wk1", **values)
+        worker_settings = make_settings(redis_url, database_url, instance="wk1", **values)
         async with running_worker(worker_settings) as worker, api.client() as client:
             assert worker.resources is not None
             accountant.track("worker", worker.resources)

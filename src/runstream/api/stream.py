@@ -21,6 +21,7 @@ from runstream.api.deps import RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError, not_found
 from runstream.errors import BackendUnavailable
 from runstream.resources import Resources
+from runstream.streams.connection import redis_errors
 from runstream.streams.follow import follow
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,10 @@ async def stream_run(
         raise not_found()
     if not res.hub.healthy:
         raise BackendUnavailable("live delivery is down (pub/sub reconnecting); retry shortly")
+    # One round trip before the 200: a Redis that refuses us now gets a 503, not a stream
+    # that opens and closes empty.
+    with redis_errors(role=res.role, instance=res.settings.instance):
+        await res.log.exists(run_id)
     heartbeat = res.settings.heartbeat_s
     return EventSourceResponse(
         _events(res, run_id, cursor),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -27,6 +27,7 @@ from runstream.streams.connection import redis_errors
 from runstream.streams.pubsub import RESYNC, Message, Subscription
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SHUTDOWN_ERROR = "worker shut down"
 LOST_ERROR = "worker lost"
@@ -143,8 +144,9 @@ class Executor:
         outcome = Outcome(RunStatus.FAILED, "internal error")
         try:
             await writer.write(status_event(RunStatus.RUNNING, writer.next_seq, utcnow()))
-            if await self._res.control.stop_requested(run.id):
-                active.request_stop(None)
+            with redis_errors(role=self._res.role, instance=self._owner):
+                if await self._res.control.stop_requested(run.id):
+                    active.request_stop(None)
             outcome = await self._drive(run, active, writer, control)
         except asyncio.CancelledError:
             outcome = Outcome(RunStatus.STOPPED, SHUTDOWN_ERROR)
@@ -246,13 +248,15 @@ class Executor:
         from_statuses: tuple[RunStatus, ...],
     ) -> None:
         completed_at = utcnow()
-        final = await self._res.store.finish_run(
-            run_id,
-            status=outcome.status,
-            error=outcome.error,
-            last_seq=writer.next_seq,
-            completed_at=completed_at,
-            from_statuses=from_statuses,
+        final = await _retrying(
+            lambda: self._res.store.finish_run(
+                run_id,
+                status=outcome.status,
+                error=outcome.error,
+                last_seq=writer.next_seq,
+                completed_at=completed_at,
+                from_statuses=from_statuses,
+            )
         )
         if final is None:
             return  # someone else ended it (a stop while queued, a sweeper)
@@ -260,12 +264,13 @@ class Executor:
         await writer.write(
             status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
         )
-        await self._archive(run_id)
+        await _retrying(lambda: self._archive(run_id))
 
     async def _archive(self, run_id: str) -> None:
         after = 0
         while True:
-            batch = await self._res.log.read(run_id, after, 500)
+            with redis_errors(role=self._res.role, instance=self._owner):
+                batch = await self._res.log.read(run_id, after, 500)
             if not batch:
                 return
             await self._res.store.archive_events(run_id, batch)
@@ -327,6 +332,21 @@ async def _closing(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[None]
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], within_s: float = APPEND_RETRY_S) -> T:
+    """Call again while the database or Redis is unavailable, for up to ``within_s``."""
+    deadline = anyio.current_time() + within_s
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except BackendUnavailable as exc:
+            if anyio.current_time() + delay > deadline:
+                raise
+            log.warning("backend unavailable; retrying", error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,76 @@
+"""At the edge of the connection budget: fail fast with a 503, say so, recover alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from runstream.streams.connection import open_redis, redis_errors
+from runstream.errors import TooManyConnections
+from tests.api.streaming import read_stream, start
+from tests.faults.conftest import FaultSystem
+from tests.redis_server import RedisServer
+
+
+def kill_connections(server: RedisServer, name: str) -> int:
+    with server.admin() as admin:
+        ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+        for client_id in ids:
+            admin.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+@pytest.fixture
+def full_server(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """Hold one admin connection; lowering maxclients to the current count refuses any new one."""
+    with redis_server.admin() as admin:
+        admin.ping()
+        yield admin
+        admin.config_set("maxclients", 10000)
+
+
+async def test_server_refusing_clients_gives_fast_503_then_recovers(
+    system: FaultSystem, full_server: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=1, hang=True)
+    async with asyncio.timeout(10):
+        while (await client.get(f"/runs/{run_id}")).json()["status"] != "running":
+            await asyncio.sleep(0.02)
+    assert kill_connections(system.server, "runstream:api:api1:cmd") >= 1
+    full_server.config_set("maxclients", len(full_server.client_list()))
+
+    async with asyncio.timeout(10):  # fast: no hang, no minute-long retries
+        responses = [
+            await client.post(f"/runs/{run_id}/stop"),
+            await client.get(f"/runs/{run_id}/stream"),
+            await client.get(f"/runs/{run_id}/stream"),
+        ]
+    # The first call may only see its killed connection close; the refusal follows.
+    assert all(r.status_code == 503 and r.headers["retry-after"] for r in responses)
+    refused = [r.json()["error"] for r in responses if r.json()["error"]["code"] != "unavailable"]
+    assert refused and all(e["code"] == "too_many_connections" for e in refused)
+    assert all("Too many connections" in e["message"] for e in refused)
+    logged = capsys.readouterr().out
+    assert "Too many connections" in logged and "role=api" in logged and "instance=api1" in logged
+
+    full_server.config_set("maxclients", 10000)
+    assert (await client.post(f"/runs/{run_id}/stop")).status_code == 202
+    assert (await read_stream(client, run_id))[-1]["data"]["status"] == "stopped"
+    await system.assert_back_to_baseline()
+
+
+async def test_exhausted_pool_fails_fast_instead_of_opening_more(redis_url: str) -> None:
+    async with open_redis(
+        redis_url, role="api", instance="tiny", max_connections=1, timeout=0.2
+    ) as client:
+        held = await client.connection_pool.get_connection()
+        try:
+            with pytest.raises(TooManyConnections), redis_errors(role="api", instance="tiny"):
+                await client.ping()
+        finally:
+            await client.connection_pool.release(held)
+        assert await client.ping()
