@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,14 @@ def test_dev_reports_a_redis_server_that_does_not_start(tmp_path: Path) -> None:
     result = run_cli("dev", "--port", str(free_port()), env=cli_env(PATH=str(tmp_path)))
     assert result.returncode == 1
     assert "the embedded redis-server did not start" in one_line(result.stderr)
+
+
+def test_dev_reports_a_port_in_use(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = cli_env(RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}")
+        result = run_cli("dev", "--port", str(port), env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"runstream: the API could not start on 127.0.0.1:{port} (see the log above)"
+    assert "address already in use" in result.stderr

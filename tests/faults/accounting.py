@@ -12,7 +12,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from redis.asyncio import ConnectionPool
+
 from runstream.resources import Resources
+from runstream.streams.connection import pool_stats
 from tests.redis_server import RedisServer
 
 
@@ -53,6 +56,8 @@ class Accountant:
     def __init__(self, server: RedisServer) -> None:
         self.server = server
         self.processes: dict[str, Resources] = {}
+        # Pools made by code under test other than the processes' own (leaky variants).
+        self.extra_pools: list[ConnectionPool] = []
 
     def track(self, label: str, resources: Resources) -> None:
         self.processes[label] = resources
@@ -67,7 +72,10 @@ class Accountant:
             connections=Counter(
                 str(c["name"]) for c in clients if str(c.get("name", "")).startswith("runstream:")
             ),
-            pool_in_use={k: r.pool_in_use() for k, r in self.processes.items()},
+            pool_in_use={
+                **{k: r.pool_in_use() for k, r in self.processes.items()},
+                "other pools": sum(pool_stats(p).in_use for p in self.extra_pools),
+            },
             tasks=Counter(_task_label(t) for t in asyncio.all_tasks() if t is not current),
             channels={
                 (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in numsub.items()
@@ -88,7 +96,7 @@ class Accountant:
         return previous
 
     async def assert_back_to(self, baseline: Snapshot, timeout: float = 15.0) -> None:
-        """Wait until the system holds exactly what it held at the baseline, or fail saying what differs."""
+        """Wait until the system holds exactly its baseline again; else fail with the diff."""
         deadline = time.monotonic() + timeout
         while True:
             differences = baseline.diff(self.snapshot())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from sse_starlette.sse import AppStatus
 
 from tests.api.streaming import read_stream, start
@@ -53,7 +54,9 @@ async def system(
     AppStatus.should_exit = False  # sse-starlette's process-wide flag (see notes)
     values = {**FAULT_SETTINGS, **fault_settings}
     accountant = Accountant(redis_server)
-    async with running_api(make_settings(redis_url, database_url, instance="api1", **values)) as api:
+    async with running_api(
+        make_settings(redis_url, database_url, instance="api1", **values)
+    ) as api:
         accountant.track("api", api.resources)
         worker_settings = make_settings(redis_url, database_url, instance="wk1", **values)
         async with running_worker(worker_settings) as worker, api.client() as client:
@@ -64,3 +67,27 @@ async def system(
             await read_stream(client, await start(client, "echo", text="warm up"))
             baseline = await accountant.settle()
             yield FaultSystem(api, worker, accountant, baseline, redis_server, client)
+
+
+def kill_connections(admin: redis.Redis, name: str, *, then_refuse: bool = False) -> int:
+    """Kill every connection named ``name`` through an admin connection already open.
+
+    With ``then_refuse``, first lower maxclients to what remains after the kill, so the
+    server refuses every new connection, reconnects included.
+    """
+    clients = admin.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == name]
+    if then_refuse:
+        admin.config_set("maxclients", len(clients) - len(ids))
+    for client_id in ids:
+        admin.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+@pytest.fixture
+def full_server(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """Hold one admin connection; lowering maxclients to the current count refuses any new one."""
+    with redis_server.admin() as admin:
+        admin.ping()
+        yield admin
+        admin.config_set("maxclients", 10000)

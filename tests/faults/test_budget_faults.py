@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from runstream.streams.connection import open_redis, redis_errors
 from runstream.errors import TooManyConnections
+from runstream.streams.connection import open_redis, redis_errors
 from tests.api.streaming import read_stream, start
-from tests.faults.conftest import FaultSystem
-from tests.redis_server import RedisServer
-
-
-def kill_connections(server: RedisServer, name: str) -> int:
-    with server.admin() as admin:
-        ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
-        for client_id in ids:
-            admin.client_kill_filter(_id=client_id)
-    return len(ids)
-
-
-@pytest.fixture
-def full_server(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """Hold one admin connection; lowering maxclients to the current count refuses any new one."""
-    with redis_server.admin() as admin:
-        admin.ping()
-        yield admin
-        admin.config_set("maxclients", 10000)
+from tests.faults.conftest import FaultSystem, kill_connections
 
 
 async def test_server_refusing_clients_gives_fast_503_then_recovers(
@@ -40,7 +21,7 @@ async def test_server_refusing_clients_gives_fast_503_then_recovers(
     async with asyncio.timeout(10):
         while (await client.get(f"/runs/{run_id}")).json()["status"] != "running":
             await asyncio.sleep(0.02)
-    assert kill_connections(system.server, "runstream:api:api1:cmd") >= 1
+    assert kill_connections(full_server, "runstream:api:api1:cmd") >= 1
     full_server.config_set("maxclients", len(full_server.client_list()))
 
     async with asyncio.timeout(10):  # fast: no hang, no minute-long retries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -19,8 +20,11 @@ from tests.faults.conftest import FaultSystem
 async def first_events(client: httpx.AsyncClient, run_id: str, n: int) -> list[dict[str, Any]]:
     """Read ``n`` events, then leave (the client disconnects mid-stream)."""
     events: list[dict[str, Any]] = []
-    async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
-        async for sse in source.aiter_sse():
+    async with (
+        aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source,
+        contextlib.aclosing(source.aiter_sse()) as messages,
+    ):
+        async for sse in messages:
             if sse.data:
                 events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
             if len(events) >= n:

@@ -87,13 +87,12 @@ async def serve(server: ApiServer) -> None:
     """Run ``server`` until it is asked to exit; ApiStartError if it cannot start."""
     try:
         await server.serve()
-    except SystemExit as exc:
+    except SystemExit:
         # uvicorn reports a failed bind or a failed lifespan startup with sys.exit()
         # after logging the cause; inside a larger program that must be an error.
         config = server.config
         raise ApiStartError(
-            f"the API could not start on {config.host}:{config.port} "
-            f"(exit {exc.code}; see the log above)"
+            f"the API could not start on {config.host}:{config.port} (see the log above)"
         ) from None
 
 

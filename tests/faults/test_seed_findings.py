@@ -1,0 +1,233 @@
+"""The five findings of the seed incident, one regression test each.
+
+Every test runs against runstream ("runstream"), against the original per-subscriber
+pattern with all five fixes ("seed-fixed", which must pass too: the tests do not just
+punish the pattern), and against that pattern with its finding put back ("F1".."F5"),
+which must fail: those are ``xfail(strict=True)``, so a test that stopped catching its
+bug would turn the suite red.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from httpx_sse import aconnect_sse
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from runstream.streams.pubsub import PubSubHub, Subscription
+from tests.api.streaming import read_stream, start
+from tests.faults.conftest import FaultSystem, kill_connections
+from tests.faults.leaky import SeedSubscriptions
+
+
+def variants(bug: str, raises: type[BaseException] | None = AssertionError) -> list[Any]:
+    return [
+        "runstream",
+        "seed-fixed",
+        pytest.param(
+            bug,
+            marks=pytest.mark.xfail(
+                strict=True, raises=raises, reason=f"{bug} put back: must be caught"
+            ),
+        ),
+    ]
+
+
+@pytest.fixture
+async def variant(
+    request: pytest.FixtureRequest, system: FaultSystem, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """Installs the subscription code under test, after the baseline was taken."""
+    name: str = request.param
+    if name == "runstream":
+        yield name
+        return
+    seed = SeedSubscriptions(None if name == "seed-fixed" else name)
+    seed.install(monkeypatch)
+    system.accountant.extra_pools = []
+
+    def track() -> None:
+        system.accountant.extra_pools = [c.connection_pool for c in seed.clients.values()]
+
+    system.track_extra = track  # type: ignore[attr-defined]
+    system.seed = seed  # type: ignore[attr-defined]
+    try:
+        yield name
+    finally:
+        monkeypatch.undo()
+        await seed.aclose()
+
+
+async def back_to_baseline(system: FaultSystem) -> None:
+    getattr(system, "track_extra", lambda: None)()
+    await system.assert_back_to_baseline(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_deprecations() -> Iterator[list[warnings.WarningMessage]]:
+    """Record (instead of raising) deprecation warnings, to assert there were none."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        found: list[warnings.WarningMessage] = []
+        yield found
+        found.extend(w for w in caught if issubclass(w.category, DeprecationWarning))
+
+
+async def read_some(
+    client: httpx.AsyncClient, run_id: str, n: int, got_one: asyncio.Event | None = None
+) -> None:
+    """Read ``n`` events, then drop the connection."""
+    seen = 0
+    async with (
+        aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source,
+        contextlib.aclosing(source.aiter_sse()) as messages,
+    ):
+        async for sse in messages:
+            if sse.data:
+                orjson.loads(sse.data)
+                seen += 1
+                if got_one is not None:
+                    got_one.set()
+            if seen >= n:
+                return
+
+
+@pytest.mark.parametrize("variant", variants("F1"), indirect=True)
+async def test_f1_failed_control_subscribe_gives_its_connection_back(
+    system: FaultSystem, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: the worker's subscribe to its control channel fails after the PubSub
+    took a connection; that connection must go back to the pool."""
+    original = PubSub.subscribe
+    failures = 0
+
+    async def failing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if any(":control" in str(a) for a in args):
+            failures += 1
+            await self.connect()  # the connection is taken, then the command fails
+            raise RedisConnectionError("injected: subscribe to control failed")
+        return await original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PubSub, "subscribe", failing)
+        run_id = await start(system.client, "scripted", count=2)
+        async with asyncio.timeout(30):
+            while failures < 3:
+                await asyncio.sleep(0.02)
+    events = await asyncio.wait_for(read_stream(system.client, run_id), 30)
+    assert events[-1]["data"]["status"] == "completed"
+    await back_to_baseline(system)
+
+
+@pytest.mark.parametrize("variant", variants("F2"), indirect=True)
+async def test_f2_subscriptions_are_closed_with_the_current_api(
+    system: FaultSystem, variant: str
+) -> None:
+    """Finding 2: closing with the deprecated ``close()``; redis-py deprecations are errors."""
+    with redis_deprecations() as deprecated:
+        for _ in range(3):
+            run_id = await start(system.client, "scripted", count=5, interval_ms=5)
+            assert (await read_stream(system.client, run_id))[-1]["data"]["status"] == "completed"
+    assert deprecated == []
+    await back_to_baseline(system)
+
+
+@pytest.mark.parametrize("variant", variants("F3", raises=None), indirect=True)
+async def test_f3_stream_cleanup_releases_even_when_its_first_call_fails(
+    system: FaultSystem, variant: str
+) -> None:
+    """Finding 3: the stream's clean-up made calls that could raise before it closed.
+
+    When a client leaves, the stream is cancelled, and the cancellation is delivered
+    again at every await of its clean-up: a close placed after another await is skipped,
+    and the connection stays open (until the garbage collector warns about it, which is
+    an error here too)."""
+    client = system.client
+    run_id = await start(system.client, "scripted", count=1, hang=True)
+    for _ in range(3):
+        following = [asyncio.Event() for _ in range(5)]
+        readers = [asyncio.create_task(read_some(client, run_id, 100, e)) for e in following]
+        async with asyncio.timeout(10):  # every reader has its subscription and an event
+            await asyncio.gather(*(e.wait() for e in following))
+        for reader in readers:
+            reader.cancel()  # the clients leave mid-stream
+        await asyncio.gather(*readers, return_exceptions=True)
+    await client.post(f"/runs/{run_id}/stop")
+    assert (await read_stream(client, run_id))[-1]["data"]["status"] == "stopped"
+    await back_to_baseline(system)
+
+
+@pytest.mark.parametrize("variant", variants("F4"), indirect=True)
+async def test_f4_error_path_closes_with_the_current_api_and_leaks_nothing(
+    system: FaultSystem, variant: str, full_server: redis.Redis
+) -> None:
+    """Finding 4: an exception inside a subscription was handled with ``close()``."""
+    client = system.client
+    run_id = await start(system.client, "scripted", count=1, hang=True)
+    with redis_deprecations() as deprecated:
+        reader = asyncio.create_task(read_stream(client, run_id))
+        await asyncio.sleep(0.5)  # the reader follows live
+        full_server.config_set("maxclients", len(full_server.client_list()))
+        kill_connections(full_server, "runstream:api:api1:cmd")
+        kill_connections(full_server, "runstream:api:api1:pubsub")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader, 15)  # the stream ends on the error
+        full_server.config_set("maxclients", 10000)
+    assert deprecated == []
+    assert await system.api.resources.hub.wait_connected(10)
+    await client.post(f"/runs/{run_id}/stop")
+    assert (await read_stream(client, run_id))[-1]["data"]["status"] == "stopped"
+    await back_to_baseline(system)
+
+
+@pytest.mark.parametrize("variant", variants("F5"), indirect=True)
+async def test_f5_no_task_outlives_the_subscription_that_started_it(
+    system: FaultSystem, variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 5: listener tasks were cancelled but not awaited, so they outlived the
+    stream. Whatever a subscription starts must be finished when it exits."""
+    orphans: list[asyncio.Task[Any]] = []
+    current = PubSubHub.subscribe
+    parent_of: dict[asyncio.Task[Any], asyncio.Task[Any] | None] = {}
+    loop = asyncio.get_running_loop()
+
+    def remember_parent(
+        loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        parent_of[task] = asyncio.current_task(loop)
+        return task
+
+    @contextlib.asynccontextmanager
+    async def checked(hub: PubSubHub, channel: str) -> AsyncIterator[Subscription]:
+        owner = asyncio.current_task()
+        try:
+            async with current(hub, channel) as sub:
+                yield sub
+        finally:
+            # Tasks this scope started (children of its task) that are still pending.
+            orphans.extend(t for t, p in parent_of.items() if p is owner and not t.done())
+
+    run_id = await start(system.client, "scripted", count=30)
+    await read_stream(system.client, run_id)  # finished: every stream below is a replay
+    monkeypatch.setattr(PubSubHub, "subscribe", checked)
+    loop.set_task_factory(remember_parent)  # type: ignore[arg-type]
+    try:
+        for _ in range(5):
+            await read_some(system.client, run_id, 3)
+            await read_stream(system.client, run_id)
+    finally:
+        loop.set_task_factory(None)
+    monkeypatch.setattr(PubSubHub, "subscribe", current)
+    assert orphans == []
+    await back_to_baseline(system)
