@@ -45,15 +45,23 @@ async def run_worker(
             consuming = tg.create_task(consumer.run())
             sweeper = tg.create_task(Sweeper(resources, executor, consumer).run())
             waiter = tg.create_task(shutdown.wait())
-            await asyncio.wait([waiter, consuming], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            consumer.stop()
-            log.info("worker shutting down", running=executor.active_runs)
-            done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
-            if not done:
+            try:
+                await asyncio.wait([waiter, consuming], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                consumer.stop()
+                log.info("worker shutting down", running=executor.active_runs)
+                done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
+                if not done:
+                    executor.stop_all(SHUTDOWN_ERROR)
+                await asyncio.wait([consuming])
+            except asyncio.CancelledError:
+                # Cancelled from outside: streaq shields running runs, so stop them now
+                # or the cancellation would wait for them to end by themselves.
+                consumer.stop()
                 executor.stop_all(SHUTDOWN_ERROR)
-            await asyncio.wait([consuming])
-            sweeper.cancel()
+                raise
+            finally:
+                sweeper.cancel()
         log.info("worker stopped", instance=settings.instance)
 
 

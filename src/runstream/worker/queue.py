@@ -43,6 +43,7 @@ async def keep_queue(queue: RunQueue, interval: float) -> None:
             log.debug("queue keeper: Redis unavailable", error=str(exc))
         await asyncio.sleep(interval)
 
+
 TASK_NAME = "runstream.execute_run"
 QUEUE_CONNECTIONS = 4  # DESIGN.md section 6: the queue library holds at most 4
 
