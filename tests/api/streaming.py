@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -28,6 +30,26 @@ async def read_stream(
             if not sse.data:
                 continue  # httpx-sse reports a heartbeat comment as an empty event
             events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
+    return events
+
+
+async def read_first(
+    client: httpx.AsyncClient, run_id: str, n: int, *, got_one: asyncio.Event | None = None
+) -> list[dict[str, Any]]:
+    """Read ``n`` events of the stream, then leave (the client goes away mid-stream)."""
+    events: list[dict[str, Any]] = []
+    async with (
+        aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source,
+        contextlib.aclosing(source.aiter_sse()) as messages,
+    ):
+        async for sse in messages:
+            if not sse.data:
+                continue  # a heartbeat
+            events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
+            if got_one is not None:
+                got_one.set()
+            if len(events) >= n:
+                break
     return events
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from runstream.store.database import open_store
-from tests.api.streaming import read_stream, start
+from tests.api.streaming import read_first, read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, Worker
 
@@ -59,17 +59,7 @@ async def test_two_readers_see_identical_streams(client: httpx.AsyncClient) -> N
 
 async def test_reader_resuming_mid_run_gets_every_event_once(client: httpx.AsyncClient) -> None:
     run_id = await start(client, "scripted", count=40, interval_ms=10)
-    seen: list[dict[str, object]] = []
-    import orjson
-    from httpx_sse import aconnect_sse
-
-    async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue
-            seen.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
-            if len(seen) == 10:
-                break  # the client goes away mid-run
+    seen = await read_first(client, run_id, 10)  # the client goes away mid-run
     seen += await read_stream(client, run_id, last_event_id=int(str(seen[-1]["id"])))
     assert seqs(seen) == list(range(1, 43))
 
@@ -134,17 +124,7 @@ async def test_events_lost_mid_run_are_reported_as_one_gap(
     client: httpx.AsyncClient, redis_server: RedisServer
 ) -> None:
     run_id = await start(client, "scripted", count=60, interval_ms=20)
-    events: list[dict[str, object]] = []
-    import orjson
-    from httpx_sse import aconnect_sse
-
-    async with aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source:
-        async for sse in source.aiter_sse():
-            if not sse.data:
-                continue
-            events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
-            if len(events) == 5:
-                break
+    await read_first(client, run_id, 5)
     async with asyncio.timeout(10):  # events 6.. exist before they are lost
         while (await client.get(f"/runs/{run_id}")).json()["last_seq"] < 10:
             await asyncio.sleep(0.01)

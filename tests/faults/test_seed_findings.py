@@ -15,17 +15,13 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
-import orjson
 import pytest
 import redis
-from httpx_sse import aconnect_sse
-from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from runstream.streams.pubsub import PubSubHub, Subscription
-from tests.api.streaming import read_stream, start
+from tests.api.streaming import read_first, read_stream, start
 from tests.faults.conftest import FaultSystem, kill_connections
+from tests.faults.inject import FailingSubscribe
 from tests.faults.leaky import SeedSubscriptions
 
 
@@ -82,47 +78,16 @@ def redis_deprecations() -> Iterator[list[warnings.WarningMessage]]:
         found.extend(w for w in caught if issubclass(w.category, DeprecationWarning))
 
 
-async def read_some(
-    client: httpx.AsyncClient, run_id: str, n: int, got_one: asyncio.Event | None = None
-) -> None:
-    """Read ``n`` events, then drop the connection."""
-    seen = 0
-    async with (
-        aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source,
-        contextlib.aclosing(source.aiter_sse()) as messages,
-    ):
-        async for sse in messages:
-            if sse.data:
-                orjson.loads(sse.data)
-                seen += 1
-                if got_one is not None:
-                    got_one.set()
-            if seen >= n:
-                return
-
-
 @pytest.mark.parametrize("variant", variants("F1"), indirect=True)
 async def test_f1_failed_control_subscribe_gives_its_connection_back(
     system: FaultSystem, variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Finding 1: the worker's subscribe to its control channel fails after the PubSub
     took a connection; that connection must go back to the pool."""
-    original = PubSub.subscribe
-    failures = 0
-
-    async def failing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-        nonlocal failures
-        if any(":control" in str(a) for a in args):
-            failures += 1
-            await self.connect()  # the connection is taken, then the command fails
-            raise RedisConnectionError("injected: subscribe to control failed")
-        return await original(self, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PubSub, "subscribe", failing)
+    with FailingSubscribe(":control").installed(monkeypatch) as failing:
         run_id = await start(system.client, "scripted", count=2)
         async with asyncio.timeout(30):
-            while failures < 3:
+            while failing.failures < 3:
                 await asyncio.sleep(0.02)
     events = await asyncio.wait_for(read_stream(system.client, run_id), 30)
     assert events[-1]["data"]["status"] == "completed"
@@ -156,7 +121,9 @@ async def test_f3_stream_cleanup_releases_even_when_its_first_call_fails(
     run_id = await start(system.client, "scripted", count=1, hang=True)
     for _ in range(3):
         following = [asyncio.Event() for _ in range(5)]
-        readers = [asyncio.create_task(read_some(client, run_id, 100, e)) for e in following]
+        readers = [
+            asyncio.create_task(read_first(client, run_id, 100, got_one=e)) for e in following
+        ]
         async with asyncio.timeout(10):  # every reader has its subscription and an event
             await asyncio.gather(*(e.wait() for e in following))
         for reader in readers:
@@ -224,7 +191,7 @@ async def test_f5_no_task_outlives_the_subscription_that_started_it(
     loop.set_task_factory(remember_parent)  # type: ignore[arg-type]
     try:
         for _ in range(5):
-            await read_some(system.client, run_id, 3)
+            await read_first(system.client, run_id, 3)
             await read_stream(system.client, run_id)
     finally:
         loop.set_task_factory(None)

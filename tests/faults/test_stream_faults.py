@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from httpx_sse import aconnect_sse
-from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.api.streaming import read_stream, start
+from tests.api.streaming import read_first, read_stream, start
 from tests.faults.conftest import FaultSystem
-
-
-async def first_events(client: httpx.AsyncClient, run_id: str, n: int) -> list[dict[str, Any]]:
-    """Read ``n`` events, then leave (the client disconnects mid-stream)."""
-    events: list[dict[str, Any]] = []
-    async with (
-        aconnect_sse(client, "GET", f"/runs/{run_id}/stream") as source,
-        contextlib.aclosing(source.aiter_sse()) as messages,
-    ):
-        async for sse in messages:
-            if sse.data:
-                events.append({"id": sse.id, "event": sse.event, "data": orjson.loads(sse.data)})
-            if len(events) >= n:
-                break
-    return events
+from tests.faults.inject import FailingSubscribe
 
 
 def ids(events: list[dict[str, Any]]) -> list[int]:
@@ -39,7 +21,7 @@ def ids(events: list[dict[str, Any]]) -> list[int]:
 async def test_client_disconnecting_mid_stream_releases_everything(system: FaultSystem) -> None:
     client = system.client
     run_ids = [await start(client, "scripted", count=50, interval_ms=20) for _ in range(5)]
-    await asyncio.gather(*(first_events(client, r, 3) for r in run_ids for _ in range(4)))
+    await asyncio.gather(*(read_first(client, r, 3) for r in run_ids for _ in range(4)))
     for run_id in run_ids:
         assert ids(await read_stream(client, run_id)) == list(range(1, 53))
     await system.assert_back_to_baseline()
@@ -65,7 +47,7 @@ async def test_client_disconnecting_during_replay_releases_everything(
     run_id = await start(client, "scripted", count=1500, payload_bytes=200)
     full = await read_stream(client, run_id)
     assert len(full) == 1502
-    await asyncio.gather(*(first_events(client, run_id, 700) for _ in range(10)))
+    await asyncio.gather(*(read_first(client, run_id, 700) for _ in range(10)))
     await system.assert_back_to_baseline()
 
 
@@ -93,7 +75,7 @@ async def test_pubsub_connection_killed_mid_stream_loses_nothing(system: FaultSy
     client = system.client
     run_id = await start(client, "scripted", count=150, interval_ms=10)
     reader = asyncio.create_task(read_stream(client, run_id))
-    await first_events(client, run_id, 5)
+    await read_first(client, run_id, 5)
     with system.server.admin() as admin:
         assert admin.client_kill_filter(_type="pubsub") >= 2  # the API's and the worker's
     events = await asyncio.wait_for(reader, 30)
@@ -107,21 +89,12 @@ async def test_subscribe_failing_at_stream_start_releases_everything(
     client = system.client
     run_id = await start(client, "scripted", count=3)
     full = await read_stream(client, run_id)
-    original = PubSub.subscribe
-    notify = f"runstream:run:{{{run_id}}}:notify"
-
-    async def failing_subscribe(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-        if any(notify in str(arg) for arg in args):
-            raise RedisConnectionError("injected: subscribe failed")
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PubSub, "subscribe", failing_subscribe)
-    for _ in range(3):
-        async with client.stream("GET", f"/runs/{run_id}/stream") as response:
-            body = b"".join([chunk async for chunk in response.aiter_bytes()])
-            # Either refused at once (503) or ended before any event: never a hang.
-            assert response.status_code in (200, 503) and b"event:" not in body
-    monkeypatch.undo()
+    with FailingSubscribe(f"{run_id}}}:notify").installed(monkeypatch):
+        for _ in range(3):
+            async with client.stream("GET", f"/runs/{run_id}/stream") as response:
+                body = b"".join([chunk async for chunk in response.aiter_bytes()])
+                # Either refused at once (503) or ended before any event: never a hang.
+                assert response.status_code in (200, 503) and b"event:" not in body
     # The hub rebuilt its connection after the failed command; streams are served again.
     assert await system.api.resources.hub.wait_connected(10)
     assert await read_stream(client, run_id) == full

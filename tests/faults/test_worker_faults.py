@@ -6,11 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.api.streaming import read_stream, start
 from tests.faults.conftest import FaultSystem
+from tests.faults.inject import FailingSubscribe
 
 
 def ids(events: list[dict[str, Any]]) -> list[int]:
@@ -47,23 +46,12 @@ async def test_agent_ignoring_a_stop_is_cancelled_and_releases_everything(
 async def test_subscribe_failing_at_worker_start_leaves_the_run_queued_then_runs_it(
     system: FaultSystem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = PubSub.subscribe
-    failures = 0
-
-    async def failing_subscribe(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-        nonlocal failures
-        if any(":control" in str(arg) for arg in args):
-            failures += 1
-            raise RedisConnectionError("injected: subscribe failed")
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(PubSub, "subscribe", failing_subscribe)
-    run_id = await start(system.client, "scripted", count=3)
-    async with asyncio.timeout(20):
-        while failures < 2:  # the worker tried, failed, and tried again
-            await asyncio.sleep(0.02)
-    assert (await system.client.get(f"/runs/{run_id}")).json()["status"] == "queued"
-    monkeypatch.undo()
+    with FailingSubscribe(":control").installed(monkeypatch) as failing:
+        run_id = await start(system.client, "scripted", count=3)
+        async with asyncio.timeout(20):
+            while failing.failures < 2:  # the worker tried, failed, and tried again
+                await asyncio.sleep(0.02)
+        assert (await system.client.get(f"/runs/{run_id}")).json()["status"] == "queued"
     events = await asyncio.wait_for(read_stream(system.client, run_id), 30)
     assert ids(events) == [1, 2, 3, 4, 5] and events[-1]["data"]["status"] == "completed"
     await system.assert_back_to_baseline()
