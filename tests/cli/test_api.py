@@ -14,24 +14,12 @@ from tests.cli import background, cli_env, free_port, wait_healthy
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(60)
 
 GRACE_S = 30
 """Long on purpose: the API must close its streams at once, not wait this out."""
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-data")
-    server.workdir.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_api_closes_streams_and_exits_on_sigterm(

@@ -12,22 +12,9 @@ from tests.cli import background, cli_env, free_port, wait_for
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (no persistence, free loopback port)."""
-    server = RedisServer(tmp_path / "redis-data")
-    server.workdir.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_worker_exits_on_sigterm(private_redis: RedisServer, tmp_path: Path) -> None:
