@@ -11,11 +11,13 @@ import structlog
 from fastapi import FastAPI
 
 from runstream import __version__
-from runstream.api import health, runs, stream
+from runstream.api import health, metrics, runs, stream
 from runstream.api.deps import ApiState
 from runstream.api.errors import install_error_handlers
 from runstream.api.limits import BodyLimit
+from runstream.api.metrics import ResourcesCollector
 from runstream.config import Settings
+from runstream.metrics import REGISTRY
 from runstream.resources import open_resources
 from runstream.worker.queue import RunQueue, keep_queue
 
@@ -35,15 +37,20 @@ def create_app(settings: Settings) -> FastAPI:
                 instance=settings.instance,
                 queue_name=settings.queue_name,
             )
-            async with queue, asyncio.TaskGroup() as tg:
-                keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
-                state = ApiState(resources=resources, queue=queue)
-                app.state.api = state  # for operators' tools and tests; requests use their own
-                log.info("api started", instance=settings.instance)
-                try:
-                    yield {"api": state}
-                finally:
-                    keeper.cancel()
+            collector = ResourcesCollector(resources)
+            REGISTRY.register(collector)
+            try:
+                async with queue, asyncio.TaskGroup() as tg:
+                    keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
+                    state = ApiState(resources=resources, queue=queue)
+                    app.state.api = state  # for operators' tools and tests
+                    log.info("api started", instance=settings.instance)
+                    try:
+                        yield {"api": state}
+                    finally:
+                        keeper.cancel()
+            finally:
+                REGISTRY.unregister(collector)
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)
@@ -51,5 +58,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(stream.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
     return app

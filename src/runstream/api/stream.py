@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from runstream.api.deps import RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError, not_found
 from runstream.errors import BackendUnavailable
+from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
 from runstream.resources import Resources
 from runstream.streams.connection import redis_errors
 from runstream.streams.follow import follow
@@ -71,10 +72,16 @@ def _cursor(last_event_id: str | None, after: int | None) -> int:
 
 async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     poll_s = res.settings.heartbeat_s
+    labels = (res.role, res.settings.instance)
+    active, delivered = ACTIVE_STREAMS.labels(*labels), EVENTS_DELIVERED.labels(*labels)
+    active.inc()
     try:
         async with contextlib.aclosing(follow(run_id, after, res.sources(), poll_s=poll_s)) as it:
             async for event in it:
                 yield ServerSentEvent(data=event.data.decode(), event=event.type, id=str(event.seq))
+                delivered.inc()
     except (BackendUnavailable, RedisError, OSError) as exc:
         # The headers are gone already: end the stream; the client resumes from its id.
         log.warning("stream ended early", run_id=run_id, error=str(exc))
+    finally:
+        active.dec()

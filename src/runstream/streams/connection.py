@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from runstream.errors import BackendUnavailable, TooManyConnections
+from runstream.metrics import TOO_MANY_CONNECTIONS
 from runstream.streams.keys import client_name
 
 log = structlog.get_logger(__name__)
@@ -161,6 +162,7 @@ def redis_errors(*, role: str, instance: str) -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         if is_budget_error(exc):
+            TOO_MANY_CONNECTIONS.labels(role, instance).inc()
             log.error("Too many connections", role=role, instance=instance, cause=str(exc))
             raise TooManyConnections(f"Too many connections: {exc}") from exc
         raise BackendUnavailable(f"Redis unavailable: {exc}") from exc

@@ -20,6 +20,7 @@ import structlog
 
 from runstream.agents.context import RunContext
 from runstream.errors import AgentError, BackendUnavailable, RunstreamError
+from runstream.metrics import EVENTS_APPENDED, RUN_OUTCOMES
 from runstream.models import Event, Run, RunStatus, build_event, status_event, utcnow
 from runstream.resources import Resources
 from runstream.streams import keys
@@ -74,6 +75,7 @@ class EventWriter:
             try:
                 with redis_errors(role=self._res.role, instance=self._res.settings.instance):
                     await self._res.log.append(self._run_id, [event])
+                EVENTS_APPENDED.labels(self._res.role, self._res.settings.instance).inc()
                 break
             except BackendUnavailable:
                 if anyio.current_time() + delay > deadline:
@@ -261,6 +263,7 @@ class Executor:
         if final is None:
             return  # someone else ended it (a stop while queued, a sweeper)
         log.info("run finished", status=outcome.status.value, error=outcome.error)
+        RUN_OUTCOMES.labels(self._res.role, self._owner, outcome.status.value).inc()
         await writer.write(
             status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
         )
