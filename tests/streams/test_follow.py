@@ -72,10 +72,22 @@ async def test_followers_joining_at_random_points_see_every_event_once_in_order(
             seq = batch[-1].seq
             if rng.random() < 0.3:
                 await asyncio.sleep(0.001)
+        # The record leads the stream: final before the terminal event is appended.
+        records.runs["r"] = Run(
+            id="r",
+            principal="p",
+            agent="a",
+            status=RunStatus.COMPLETED,
+            input={},
+            completed_at=NOW,
+            last_seq=total,
+        )
         await log.append("r", [status_event(RunStatus.COMPLETED, total, NOW)])
 
     async def late_follower() -> tuple[int, list[int]]:
-        await asyncio.sleep(rng.random() * 0.2)
+        # Some join after the run ended, with a cursor at its very end: they get nothing
+        # and must still be told it is over (by the record), not wait forever.
+        await asyncio.sleep(rng.random() * 0.3)
         after = max(0, (await log.last_seq("r") or 0) - rng.randint(0, 5))
         return after, await collect("r", after, sources)
 

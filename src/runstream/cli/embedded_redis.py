@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from runstream.errors import ConfigError, RunstreamError
+from runstream.streams.keys import client_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0
 PORT_ATTEMPTS: Final = 3
-CLIENT_NAME: Final = "runstream:cli:dev:probe"
+CLIENT_NAME: Final = client_name("cli", "dev", "probe")
 
 NOT_FOUND: Final = (
     "redis-server not found on PATH: install it (e.g. apt-get install redis-server) "

@@ -1,0 +1,58 @@
+"""``connections.png``: Redis connections over time per ``role:instance``.
+
+One line per process, its baseline as a dashed line of the same colour, the load
+window shaded. Drawn with matplotlib's Agg canvas directly (no pyplot): no display is
+needed and no process-wide figure state is touched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runstream.soak.connections import Sample
+    from runstream.soak.state import SoakState
+
+CHART_NAME: Final = "connections.png"
+
+
+def write_chart(
+    path: Path, samples: list[Sample], baseline: Sample, state: SoakState, title: str
+) -> Path:
+    """Draw the chart into ``path`` (a PNG) and return it."""
+    figure = Figure(figsize=(10, 5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
+    axes = figure.add_subplot()
+    if state.load_started is not None:
+        end = state.load_ended if state.load_ended is not None else samples[-1].t
+        axes.axvspan(state.load_started, end, color="tab:orange", alpha=0.12, label="load")
+    keys = sorted({key for sample in samples for key in sample.processes} | set(baseline.totals))
+    times = [s.t for s in samples]
+    for index, key in enumerate(keys):
+        colour = f"C{index % 10}"
+        counts = [s.totals.get(key, 0) for s in samples]
+        axes.step(times, counts, where="post", color=colour, label=key)
+        axes.axhline(
+            baseline.totals.get(key, 0),
+            color=colour,
+            linestyle="--",
+            linewidth=1,
+            alpha=0.8,
+            label=f"{key} baseline",
+        )
+    if any(s.other for s in samples):
+        others = [sum(s.other.values()) for s in samples]
+        axes.step(times, others, where="post", color="grey", linestyle=":", label="not runstream")
+    axes.set_xlabel("seconds since the soak started")
+    axes.set_ylabel("Redis connections (CLIENT LIST)")
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize="small")
+    figure.savefig(path, format="png")
+    return path
