@@ -16,6 +16,7 @@ from runstream.api.deps import ApiState
 from runstream.api.errors import install_error_handlers
 from runstream.api.limits import BodyLimit
 from runstream.api.metrics import ResourcesCollector
+from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.config import Settings
 from runstream.metrics import REGISTRY
 from runstream.resources import open_resources
@@ -40,15 +41,16 @@ def create_app(settings: Settings) -> FastAPI:
             collector = ResourcesCollector(resources)
             REGISTRY.register(collector)
             try:
-                async with queue, asyncio.TaskGroup() as tg:
-                    keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
-                    state = ApiState(resources=resources, queue=queue)
-                    app.state.api = state  # for operators' tools and tests
-                    log.info("api started", instance=settings.instance)
-                    try:
-                        yield {"api": state}
-                    finally:
-                        keeper.cancel()
+                with collapse_excgroups():
+                    async with queue, asyncio.TaskGroup() as tg:
+                        keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
+                        state = ApiState(resources=resources, queue=queue)
+                        app.state.api = state  # for operators' tools and tests
+                        log.info("api started", instance=settings.instance)
+                        try:
+                            yield {"api": state}
+                        finally:
+                            await cancel_and_wait(keeper)
             finally:
                 REGISTRY.unregister(collector)
         log.info("api stopped", instance=settings.instance)

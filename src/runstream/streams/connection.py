@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.metrics import TOO_MANY_CONNECTIONS
 from runstream.streams.keys import client_name
@@ -135,12 +136,13 @@ async def open_redis(
     )
     client = Redis(connection_pool=pool)
     try:
-        async with asyncio.TaskGroup() as tg:
-            keeper = tg.create_task(_keep_pool(client, pool), name=f"runstream-pool-{role}")
-            try:
-                yield client
-            finally:
-                keeper.cancel()
+        with collapse_excgroups():
+            async with asyncio.TaskGroup() as tg:
+                keeper = tg.create_task(_keep_pool(client, pool), name=f"runstream-pool-{role}")
+                try:
+                    yield client
+                finally:
+                    await cancel_and_wait(keeper)
     finally:
         # Shielded: a second cancellation must not leave sockets open.
         await asyncio.shield(pool.aclose())

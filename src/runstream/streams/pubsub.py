@@ -34,6 +34,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.errors import SubscribeError
 from runstream.streams.connection import connection_kwargs, is_budget_error
 from runstream.streams.keys import client_name, hub_channel
@@ -377,15 +378,16 @@ async def open_hub(
         confirm_timeout=confirm_timeout,
     )
     try:
-        async with asyncio.TaskGroup() as tg:
-            reader = tg.create_task(hub._run(), name=f"runstream-pubsub-{role}-{instance}")
-            try:
-                yield hub
-            finally:
-                # Cancel, then the TaskGroup awaits it. The _closing flag ends the loop
-                # even if Python 3.11 loses the cancellation inside redis-py's I/O.
-                hub._closing = True
-                reader.cancel()
+        with collapse_excgroups():
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(hub._run(), name=f"runstream-pubsub-{role}-{instance}")
+                try:
+                    yield hub
+                finally:
+                    # Cancel, then the TaskGroup awaits it. The _closing flag ends the loop
+                    # even if Python 3.11 loses the cancellation inside redis-py's I/O.
+                    hub._closing = True
+                    await cancel_and_wait(reader)
     finally:
         await asyncio.shield(hub._close())
 

@@ -19,6 +19,7 @@ import anyio
 import structlog
 
 from runstream.agents.context import RunContext
+from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.errors import AgentError, BackendUnavailable, RunstreamError
 from runstream.metrics import EVENTS_APPENDED, RUN_OUTCOMES
 from runstream.models import Event, Run, RunStatus, build_event, status_event, utcnow
@@ -176,7 +177,7 @@ class Executor:
             try:
                 await asyncio.wait([agent_task])
             finally:
-                watcher.cancel()
+                await cancel_and_wait(watcher)
         if agent_task.cancelled():  # it ignored the stop and was cancelled after the grace
             return Outcome(RunStatus.STOPPED, active.stop_reason)
         return agent_task.result()
@@ -301,12 +302,13 @@ class Executor:
 
     @contextlib.asynccontextmanager
     async def _holding_lock(self, run_id: str) -> AsyncIterator[None]:
-        async with asyncio.TaskGroup() as tg:
-            keeper = tg.create_task(self._keep_lock(run_id))
-            try:
-                yield
-            finally:
-                keeper.cancel()
+        with collapse_excgroups():
+            async with asyncio.TaskGroup() as tg:
+                keeper = tg.create_task(self._keep_lock(run_id))
+                try:
+                    yield
+                finally:
+                    await cancel_and_wait(keeper)
 
     async def _keep_lock(self, run_id: str) -> None:
         interval = self._settings.worker_lost_s / 6

@@ -16,8 +16,8 @@ from datetime import timedelta
 
 import structlog
 
+from runstream.concurrency import cancel_and_wait
 from runstream.config import Settings
-from runstream.errors import BackendUnavailable
 from runstream.models import RunStatus, utcnow
 from runstream.resources import Resources, open_resources
 from runstream.worker.executor import SHUTDOWN_ERROR, Executor
@@ -61,7 +61,7 @@ async def run_worker(
                 executor.stop_all(SHUTDOWN_ERROR)
                 raise
             finally:
-                sweeper.cancel()
+                await cancel_and_wait(sweeper)
         log.info("worker stopped", instance=settings.instance)
 
 
@@ -141,8 +141,8 @@ class Sweeper:
         while True:
             try:
                 await self.sweep()
-            except (BackendUnavailable, OSError) as exc:
-                log.warning("sweep failed", error=str(exc))
+            except Exception as exc:  # Redis or the database away: try again next round
+                log.warning("sweep failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(self._lost_s / 6)
 
     async def sweep(self) -> None:
