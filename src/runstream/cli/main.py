@@ -19,6 +19,7 @@ import typer
 
 from runstream.cli.api_client import DEFAULT_API_URL
 from runstream.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from runstream.cli.soak import soak
 from runstream.config import load_settings
 from runstream.errors import ConfigError, RunstreamError
 from runstream.logs import LEVELS, configure_logging
@@ -162,6 +163,9 @@ def run(
             )
         )
     raise typer.Exit(code)
+
+
+app.command()(soak)  # declared in runstream.cli.soak, with its options
 
 
 def parse_input(text: str) -> dict[str, Any]:

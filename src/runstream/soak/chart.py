@@ -28,9 +28,22 @@ def write_chart(
     figure = Figure(figsize=(10, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
     axes = figure.add_subplot()
+    last_t = samples[-1].t if samples else 0.0
     if state.load_started is not None:
-        end = state.load_ended if state.load_ended is not None else samples[-1].t
-        axes.axvspan(state.load_started, end, color="tab:orange", alpha=0.12, label="load")
+        ended = state.load_ended if state.load_ended is not None else last_t
+        deadline = min(state.load_deadline or ended, ended)
+        axes.axvspan(state.load_started, deadline, color="tab:orange", alpha=0.15, label="load")
+        if ended > deadline:
+            axes.axvspan(
+                deadline, ended, color="tab:orange", alpha=0.06, label="runs in flight finishing"
+            )
+        if state.settled_after is not None:
+            axes.axvline(
+                ended + state.settled_after,
+                color="tab:green",
+                linewidth=1,
+                label="back to baseline",
+            )
     keys = sorted({key for sample in samples for key in sample.processes} | set(baseline.totals))
     times = [s.t for s in samples]
     for index, key in enumerate(keys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -66,9 +66,7 @@ class Sample:
         }
 
 
-def make_sample(
-    entries: list[dict[str, Any]], *, t: float, phase: str, exclude: str
-) -> Sample:
+def make_sample(entries: list[dict[str, Any]], *, t: float, phase: str, exclude: str) -> Sample:
     """Group CLIENT LIST ``entries`` into a :class:`Sample`, leaving out ``exclude``."""
     processes: dict[str, Counter[str]] = {}
     other: Counter[str] = Counter()
@@ -112,7 +110,7 @@ class Admin:
         """``CLIENT KILL TYPE pubsub``: cut every pub/sub connection; how many were cut."""
         async with asyncio.timeout(ADMIN_TIMEOUT_S):
             killed = await self._client.client_kill_filter(_type="pubsub")
-        return int(cast("int", killed))
+        return int(killed)
 
 
 @asynccontextmanager
@@ -133,9 +131,12 @@ async def open_admin(redis_url: str) -> AsyncIterator[Admin]:
         )
     except ValueError as exc:
         raise CliError(f"--redis-url: {exc}", EXIT_USAGE) from None
-    async with client:
+    async with AsyncExitStack() as stack:
+        # Owned from here, whether connecting works or not: the client's pool is closed.
+        stack.push_async_callback(client.aclose)
         try:
             async with asyncio.timeout(ADMIN_TIMEOUT_S):
+                await client.initialize()  # takes the single connection and names it
                 await client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             raise CliError(
@@ -164,7 +165,10 @@ class Sampler:
         self._admin = admin
         self._interval = interval
         self._started = started
-        self._new = asyncio.Condition()
+        # Replaced at every sample: waiting on it means "until the next sample". (Plain
+        # Events rather than a Condition, whose cancelled waiters must re-take its lock.)
+        self._next = asyncio.Event()
+        self._stopped = False
         self.phase = "baseline"
         self.samples: list[Sample] = []
         self.failures = 0
@@ -177,15 +181,25 @@ class Sampler:
         return self.samples[-1] if self.samples else None
 
     async def run(self) -> None:
-        """Sample at a steady rate until cancelled."""
+        """Sample at a steady rate until :meth:`stop` (and cancelled)."""
         loop = asyncio.get_running_loop()
         due = loop.time()
-        while True:
+        while not self._stopped:
             await self.take()
             # A fixed schedule rather than sleep(interval): a slow CLIENT LIST must not
             # stretch the time series.
             due = max(due + self._interval, loop.time())
-            await asyncio.sleep(due - loop.time())
+            if not self._stopped:
+                await asyncio.sleep(due - loop.time())
+
+    def stop(self) -> None:
+        """End :meth:`run` after the sample in progress; cancel its task as well.
+
+        The flag, not only the cancellation, ends the loop: on Python 3.11 redis-py writes
+        each command under ``asyncio.wait_for``, which loses a cancellation arriving as the
+        write completes (CPython bpo-42130, fixed in 3.12); the sampler would go on forever.
+        """
+        self._stopped = True
 
     async def take(self) -> Sample | None:
         """Take one sample now and wake whoever waits for it; None when it failed."""
@@ -205,13 +219,13 @@ class Sampler:
             exclude=self._admin.name,
         )
         self.samples.append(sample)
-        async with self._new:
-            self._new.notify_all()
+        taken, self._next = self._next, asyncio.Event()
+        taken.set()
         return sample
 
     async def next_sample(self) -> Sample:
         """Wait for the next sample taken from now on."""
         count = len(self.samples)
-        async with self._new:
-            await self._new.wait_for(lambda: len(self.samples) > count)
+        while len(self.samples) <= count:
+            await self._next.wait()
         return self.samples[-1]

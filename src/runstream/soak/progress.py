@@ -38,9 +38,11 @@ class Display:
         sampler: Sampler,
         *,
         duration: float,
+        settle: float,
         started: float,
     ) -> None:
         self._console = console
+        self._settle = settle
         self._started = started
         self._state = state
         self._sampler = sampler
@@ -61,27 +63,45 @@ class Display:
                 await asyncio.sleep(LINE_EVERY_S)
                 self._console.print(self.line())
 
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time() - self._started
+
     def _elapsed_load(self) -> float:
         state = self._state
         if state.load_started is None:
             return 0.0
-        now = asyncio.get_running_loop().time() - self._started
-        end = state.load_ended if state.load_ended is not None else now
+        end = state.load_ended if state.load_ended is not None else self._now()
         return max(0.0, end - state.load_started)
+
+    def status(self) -> str:
+        """Where the soak is: the phase and its time."""
+        state, now = self._state, self._now()
+        if state.phase == "baseline":
+            return f"baseline: sampling the connections at rest ({now:.1f} s)"
+        if state.phase == "load":
+            elapsed = self._elapsed_load()
+            if elapsed <= self._duration:
+                left = self._duration - elapsed
+                return f"load: {elapsed:.1f} s of {self._duration:g} s, {left:.1f} s left"
+            total = state.total()
+            running = total.started - total.done
+            return (
+                f"load: {self._duration:g} s over, {running} run(s) still in flight "
+                f"({elapsed - self._duration:.1f} s)"
+            )
+        if state.phase == "settle" and state.load_ended is not None:
+            waited = now - state.load_ended
+            return f"settle: {waited:.1f} s of {self._settle:g} s, waiting for the baseline"
+        return f"{state.phase} ({now:.1f} s)"
 
     def render(self) -> RenderableType:
         """The live view."""
         state = self._state
         elapsed = min(self._elapsed_load(), self._duration)
-        header = Text()
-        header.append(f"soak: {state.phase:<8} ", style="bold")
-        header.append(
-            f"load {elapsed:5.1f} s of {self._duration:g} s, "
-            f"{max(0.0, self._duration - elapsed):5.1f} s left"
-        )
         bar = ProgressBar(total=self._duration, completed=elapsed, width=60)
         table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("scenario", "running", "ok", "lost", "errors", "503 retries", "reconnects"):
+        columns = ("scenario", "running", "ok", "lost", "errors", "503s", "reconnects")
+        for column in (*columns, "stalls"):
             table.add_column(column, justify="left" if column == "scenario" else "right")
         for scenario in Scenario:
             tally = state.tallies[scenario]
@@ -93,18 +113,19 @@ class Display:
                 _count(tally.errors, "red"),
                 str(tally.retries),
                 str(tally.reconnects),
+                _count(tally.stalls, "yellow"),
             )
+        header = Text(f"soak {self.status()}", style="bold")
         return Group(header, bar, table, connections_text(self._sampler.latest))
 
     def line(self) -> str:
         """One plain line for logs."""
-        state, total = self._state, self._state.total()
-        latest = self._sampler.latest
-        conns = connections_text(latest).plain
+        total = self._state.total()
+        conns = connections_text(self._sampler.latest).plain
         return (
-            f"soak {state.phase}: load {self._elapsed_load():.0f}/{self._duration:g} s, "
-            f"runs {total.done} done ({total.passed} ok, {total.lost} lost, "
-            f"{total.errors} errors), {total.retries} retries; {conns}"
+            f"soak {self.status()}; runs {total.done} done ({total.passed} ok, "
+            f"{total.lost} lost, {total.errors} errors, {total.stalls} stalled), "
+            f"{total.retries} retries; {conns}"
         )
 
 

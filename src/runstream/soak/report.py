@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from runstream.soak.scenarios import STALL_S
+
 if TYPE_CHECKING:
     from runstream.soak.connections import Sample, Sampler
     from runstream.soak.runner import SoakSettings
@@ -52,9 +54,7 @@ class Verdict:
         """The verdict as it appears at the end of ``report.json``."""
         return {
             "back_to_baseline": self.back_to_baseline,
-            "settled_after_s": None
-            if self.settled_after is None
-            else round(self.settled_after, 3),
+            "settled_after_s": None if self.settled_after is None else round(self.settled_after, 3),
             "diff": self.diff,
             "events_lost": self.events_lost,
             "losses": self.losses,
@@ -152,6 +152,7 @@ def build_report(
         "seed": settings.seed,
         "timeline": {
             "load_started_s": _round(state.load_started),
+            "load_deadline_s": _round(state.load_deadline),
             "load_ended_s": _round(state.load_ended),
             "ended_s": _round(state.ended),
         },
@@ -166,14 +167,15 @@ def build_report(
             "at_baseline": baseline.other,
             "max": other_max,
         },
-        "scenarios": {
-            scenario.value: tally.to_json() for scenario, tally in state.tallies.items()
-        },
+        "scenarios": {scenario.value: tally.to_json() for scenario, tally in state.tallies.items()},
         "total": state.total().to_json(),
         "errors_total": state.errors_total,
         "errors": [p.to_json() for p in state.errors],
         "losses_total": state.losses_total,
         "losses": [p.to_json() for p in state.losses],
+        "stall_threshold_s": STALL_S,
+        "stalls_total": state.stalls_total,
+        "stalls": [p.to_json() for p in state.stalls],
         "max_connections": max_connections(samples),
         "sampling": {
             "interval_s": settings.sample_interval,

@@ -31,7 +31,7 @@ from runstream.soak.connections import Sample, Sampler, open_admin, redacted_url
 from runstream.soak.driver import drive
 from runstream.soak.progress import Display
 from runstream.soak.report import Verdict, build_report, judge, write_report
-from runstream.soak.scenarios import Context
+from runstream.soak.scenarios import DEFAULT_RUN_TIMEOUT_S, Context
 from runstream.soak.state import SoakState
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class SoakSettings:
     sample_interval: float
     settle: float
     out: Path
+    run_timeout: float = DEFAULT_RUN_TIMEOUT_S
 
     def to_json(self) -> dict[str, Any]:
         """The settings as the report records them (no token, no Redis password)."""
@@ -71,6 +72,7 @@ class SoakSettings:
             "mix": {s.value: round(f, 6) for s, f in self.mix.fractions.items()},
             "sample_interval_s": self.sample_interval,
             "settle_s": self.settle,
+            "run_timeout_s": self.run_timeout,
             "out": str(self.out),
         }
 
@@ -102,9 +104,20 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
         await check_api(client)
         sampler = Sampler(admin, interval=settings.sample_interval, started=started)
         display = Display(
-            console, state, sampler, duration=settings.duration, started=started
+            console,
+            state,
+            sampler,
+            duration=settings.duration,
+            settle=settings.settle,
+            started=started,
         )
-        ctx = Context(client=client, admin=admin, state=state, started=started)
+        ctx = Context(
+            client=client,
+            admin=admin,
+            state=state,
+            started=started,
+            run_timeout=settings.run_timeout,
+        )
         async with asyncio.TaskGroup() as tg:
             sampling = tg.create_task(sampler.run(), name="runstream-soak-sampler")
             showing = tg.create_task(display.run(), name="runstream-soak-display")
@@ -112,6 +125,7 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
                 baseline = await take_baseline(sampler)
                 state.phase = sampler.phase = "load"
                 state.load_started = ctx.now()
+                state.load_deadline = state.load_started + settings.duration
                 await drive(
                     ctx,
                     settings.mix,
@@ -126,6 +140,7 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
                 state.phase = "done"
                 state.ended = ctx.now()
             finally:
+                sampler.stop()
                 sampling.cancel()
                 showing.cancel()
     last = sampler.latest or baseline
@@ -149,9 +164,9 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
 
 
 @asynccontextmanager
-async def open_api(api_url: str, token: str | None, concurrency: int) -> AsyncIterator[
-    httpx.AsyncClient
-]:
+async def open_api(
+    api_url: str, token: str | None, concurrency: int
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the API sized for the load: each virtual client may hold a stream
     and a request (a stop) at once; beyond the pool, clients would queue in httpx and the
     soak would measure its own pool instead of the system."""

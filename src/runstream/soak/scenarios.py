@@ -26,7 +26,13 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from redis.exceptions import RedisError
 
-from runstream.cli.api_client import ApiError, api_error, create_run, stop_run
+from runstream.cli.api_client import (
+    ApiError,
+    api_error,
+    create_run,
+    stop_run,
+    transport_errors,
+)
 from runstream.cli.errors import CliError
 from runstream.cli.follow import parse_event
 from runstream.cli.main import describe
@@ -45,8 +51,8 @@ if TYPE_CHECKING:
     Hook = Callable[[RunCheck], Awaitable[bool]]
     """Called after each event; True drops the connection there (the run goes on)."""
 
-ITERATION_TIMEOUT_S: Final = 60.0
-"""Longest one iteration may take; beyond it the run counts as never ended."""
+DEFAULT_RUN_TIMEOUT_S: Final = 60.0
+"""Longest one iteration may take by default; beyond it the run counts as never ended."""
 
 MAX_ATTEMPTS: Final = 8
 """Tries in a row without progress (503s, dropped streams) before giving up on a run."""
@@ -55,6 +61,10 @@ DRAIN_TIMEOUT_S: Final = 5.0
 """How long the server may keep a stream open after its terminal event."""
 
 SCRIPTED_FAILURE: Final = "scripted failure"
+
+STALL_S: Final = 5.0
+"""A wait this long for the next event of a run that is producing them is a stall: not a
+loss (the event comes), but live delivery failed and the reader fell back on polling."""
 
 
 class Unexpected(Exception):
@@ -74,6 +84,8 @@ class Context:
     state: SoakState
     started: float
     """``loop.time()`` when the soak started: problems are timed from there."""
+    run_timeout: float = DEFAULT_RUN_TIMEOUT_S
+    """Longest one iteration may take before its run counts as never ended."""
 
     def now(self) -> float:
         """Seconds since the soak started."""
@@ -93,6 +105,8 @@ class Iteration:
         self.scenario = scenario
         self.tally: Tally = ctx.state.tallies[scenario]
         self.check: RunCheck | None = None
+        self.stalled = False
+        """Whether this run's stream already went silent for :data:`STALL_S` (counted once)."""
 
     @property
     def run_id(self) -> str | None:
@@ -169,7 +183,15 @@ class Iteration:
                 await source.response.aread()
                 raise api_error(source.response)
             async with aclosing(source.aiter_sse()) as messages:
+                last = self._clock()
                 async for sse in messages:
+                    if not sse.data:
+                        # A keep-alive: httpx-sse reports the blank line after a comment
+                        # as a message with the last id and no data; SSE dispatches none.
+                        continue
+                    now = self._clock()
+                    self._waited(now - last, check)
+                    last = now
                     check.accept(parse_event(sse))
                     self.tally.events += 1
                     if check.terminal is not None:
@@ -184,14 +206,34 @@ class Iteration:
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 async for sse in messages:
-                    check.accept(parse_event(sse))
-                    self.tally.events += 1
+                    if sse.data:
+                        check.accept(parse_event(sse))
+                        self.tally.events += 1
         except TimeoutError:
             raise Unexpected(
                 f"the stream stayed open {DRAIN_TIMEOUT_S:g} s after the terminal event"
             ) from None
         except (httpx.TransportError, SSEError):
             pass  # the terminal event is in: how the connection ended does not matter
+
+    def _clock(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _waited(self, seconds: float, check: RunCheck) -> None:
+        """Account for the silence before the next event of an open stream (before the
+        first one, it includes the time the run waited in the queue)."""
+        self.tally.longest_wait_s = max(self.tally.longest_wait_s, round(seconds, 3))
+        if seconds >= STALL_S and not self.stalled:
+            self.stalled = True
+            self.tally.stalls += 1
+            self.ctx.state.record_stall(
+                Problem(
+                    self.ctx.now(),
+                    self.scenario.value,
+                    check.run_id,
+                    f"waited {seconds:.1f} s for the event after seq {check.cursor}",
+                )
+            )
 
     def expect(self, status: str, ticks: int, error: str | None = None) -> None:
         """Check the final status, the error text and that ticks 1..``ticks`` all came."""
@@ -203,7 +245,9 @@ class Iteration:
             raise Unexpected(f"error {check.error_message!r} does not mention {error!r}")
         # With a loss already recorded the ticks are off for that reason; say it once.
         if not check.losses and check.ticks != list(range(1, ticks + 1)):
-            raise Unexpected(f"ticks {_span(check.ticks)} behind contiguous seqs; expected 1..{ticks}")
+            raise Unexpected(
+                f"ticks {_span(check.ticks)} behind contiguous seqs; expected 1..{ticks}"
+            )
 
     def _check(self) -> RunCheck:
         if self.check is None:
@@ -276,9 +320,7 @@ async def fail(it: Iteration, rng: random.Random) -> None:
     """A run whose agent raises after some ticks: failed, with the agent's message."""
     count, interval = rng.randint(3, 20), rng.randint(0, 10)
     fail_after = rng.randint(0, count - 1)
-    await it.start(
-        "scripted", {"count": count, "interval_ms": interval, "fail_after": fail_after}
-    )
+    await it.start("scripted", {"count": count, "interval_ms": interval, "fail_after": fail_after})
     await it.follow()
     it.expect("failed", fail_after, error=SCRIPTED_FAILURE)
 
@@ -326,13 +368,14 @@ async def play(ctx: Context, scenario: Scenario, rng: random.Random) -> None:
     it.tally.started += 1
     error: str | None = None
     try:
-        async with asyncio.timeout(ITERATION_TIMEOUT_S):
+        async with asyncio.timeout(ctx.run_timeout):
             await PLAYS[scenario](it, rng)
     except TimeoutError:
         if it.check is not None and it.check.terminal is None:
-            it.check.losses.append(f"no terminal event within {ITERATION_TIMEOUT_S:g} s")
+            seen = await _run_state(ctx, it.check)
+            it.check.losses.append(f"no terminal event within {ctx.run_timeout:g} s ({seen})")
         else:
-            error = f"not done within {ITERATION_TIMEOUT_S:g} s"
+            error = f"not done within {ctx.run_timeout:g} s"
     except StreamLost as exc:
         assert it.check is not None
         it.check.losses.append(f"no terminal event: {exc}")
@@ -360,6 +403,19 @@ def _record(it: Iteration, error: str | None) -> None:
         it.tally.lost += 1
     else:
         it.tally.passed += 1
+
+
+async def _run_state(ctx: Context, check: RunCheck) -> str:
+    """What the client had and what the API says of the run: where it got stuck."""
+    had = f"received up to seq {check.cursor}"
+    try:
+        async with asyncio.timeout(2.0):
+            with transport_errors(ctx.client):
+                response = await ctx.client.get(f"/runs/{check.run_id}")
+        run = response.json()
+        return f"{had}; the run is {run['status']} with last_seq {run['last_seq']}"
+    except (CliError, TimeoutError, ValueError, KeyError, TypeError):
+        return had
 
 
 async def _abandon(ctx: Context, run_id: str) -> None:

@@ -37,6 +37,11 @@ class Tally:
     """``CLIENT KILL TYPE pubsub`` issued (scenario ``pubsub_kill``)."""
     events: int = 0
     """Events received (what a client reads, duplicates included)."""
+    stalls: int = 0
+    """Iterations that waited :data:`~runstream.soak.scenarios.STALL_S` or more for an
+    event of a stream (not a loss: the event came, late)."""
+    longest_wait_s: float = 0.0
+    """Longest silence between two events of an open stream."""
 
     @property
     def done(self) -> int:
@@ -73,6 +78,8 @@ class SoakState:
 
     phase: str = "baseline"
     load_started: float | None = None
+    load_deadline: float | None = None
+    """When the virtual clients stopped starting runs; those in flight then finish."""
     load_ended: float | None = None
     settled_after: float | None = None
     """Seconds from the end of the load until the counts matched the baseline (None: never)."""
@@ -84,6 +91,8 @@ class SoakState:
     errors_total: int = 0
     losses: list[Problem] = field(default_factory=list)
     losses_total: int = 0
+    stalls: list[Problem] = field(default_factory=list)
+    stalls_total: int = 0
 
     def record_error(self, problem: Problem) -> None:
         """Count an error; keep the first :data:`MAX_LISTED` of them."""
@@ -97,10 +106,19 @@ class SoakState:
         if len(self.losses) < MAX_LISTED:
             self.losses.append(problem)
 
+    def record_stall(self, problem: Problem) -> None:
+        """Count a stall; keep the first :data:`MAX_LISTED` of them."""
+        self.stalls_total += 1
+        if len(self.stalls) < MAX_LISTED:
+            self.stalls.append(problem)
+
     def total(self) -> Tally:
         """Every scenario's tally added up."""
         out = Tally()
         for tally in self.tallies.values():
             for name, value in asdict(tally).items():
-                setattr(out, name, getattr(out, name) + value)
+                if name == "longest_wait_s":
+                    out.longest_wait_s = max(out.longest_wait_s, value)
+                else:
+                    setattr(out, name, getattr(out, name) + value)
         return out
