@@ -5,9 +5,10 @@ connection (DESIGN.md I2). Channels are reference-counted: the first local subsc
 of a channel subscribes it on the server, the last one unsubscribes it. Each subscriber
 gets a bounded :class:`Subscription`; a subscriber that falls behind is not allowed to
 grow memory or to slow the others: its queue is emptied and it receives :data:`RESYNC`,
-which tells it to catch up from the event log (I6, I7). Every reconnect also sends
-:data:`RESYNC` to every subscriber, because messages published while disconnected are
-lost.
+which tells it to catch up from the event log (I6, I7). After a reconnect each
+subscriber gets :data:`RESYNC` too, once its channel is confirmed again (not before: a
+catch-up read done before listening again would miss what is published in between),
+because messages published while disconnected are lost.
 
 One task, the reader, owns the connection: it reads, answers the watchdog, and on any
 error tears the PubSub down (``aclose()``, shielded) and builds a fresh one that
@@ -126,6 +127,7 @@ class PubSubHub:
         self._requested: set[str] = set()  # what we last asked the server for
         self._pending: dict[str, int] = {}  # SUBSCRIBE confirmations still to come
         self._confirmed: set[str] = set()
+        self._resubscribed: set[str] = set()
         self._broken = False
         self._closing = False
         self._reconnects = 0
@@ -247,6 +249,12 @@ class PubSubHub:
             self._pending.pop(channel, None)
             if channel in self._requested:
                 self._confirmed.add(channel)
+            if channel in self._resubscribed:
+                # Listening again: only now can a catch-up read miss nothing, because
+                # whatever is published from here on reaches the subscriber.
+                self._resubscribed.discard(channel)
+                for sub in tuple(self._wanted.get(channel, ())):
+                    sub._resync()
         else:
             self._pending[channel] = left
         self._wake(channel)
@@ -283,7 +291,6 @@ class PubSubHub:
                 await asyncio.shield(self._disconnect())
             if self._closing:
                 break
-            self._resync_all()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -296,6 +303,9 @@ class PubSubHub:
             self._requested = set(channels)
             self._pending = dict.fromkeys(channels, 1)
             self._confirmed = set()
+            # Subscribers of these channels may have missed messages while disconnected:
+            # each gets RESYNC once its channel is confirmed again (_on_subscribed).
+            self._resubscribed = set(channels) if self._reconnects else set()
             self._ping_sent_at = None
             await ps.subscribe(*channels)
             self._last_pong = time.monotonic()

@@ -46,6 +46,11 @@ async def keep_queue(queue: RunQueue, interval: float) -> None:
 
 TASK_NAME = "runstream.execute_run"
 QUEUE_CONNECTIONS = 4  # DESIGN.md section 6: the queue library holds at most 4
+# What each role actually uses, so the count at rest is also the count under load (a
+# coredis pool never closes a connection it opened): a worker keeps one blocked in
+# XREADGROUP, one for its timers and one for acknowledgements and lease renewals; a
+# producer's commands are pipelined on a single connection.
+QUEUE_CONNECTIONS_BY_ROLE = {"worker": 3, "api": 1}
 
 
 def _dumps(data: Any) -> bytes:
@@ -67,7 +72,7 @@ class RunQueue(Worker):
             redis_url=redis_url,
             redis_kwargs={
                 "client_name": client_name(role, instance, "queue"),
-                "max_connections": QUEUE_CONNECTIONS,
+                "max_connections": QUEUE_CONNECTIONS_BY_ROLE.get(role, QUEUE_CONNECTIONS),
             },
             queue_name=queue_prefix(queue_name),
             concurrency=concurrency,
