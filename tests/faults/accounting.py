@@ -44,6 +44,12 @@ class Snapshot:
         return out
 
 
+def _is_harness(task: asyncio.Task[object]) -> bool:
+    """Tasks of the test harness itself (a TCP proxy, a sampler), not of runstream."""
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and "/tests/" in code.co_filename
+
+
 def _task_label(task: asyncio.Task[object]) -> str:
     coro = task.get_coro()
     name = getattr(coro, "__qualname__", type(coro).__name__)
@@ -76,24 +82,35 @@ class Accountant:
                 **{k: r.pool_in_use() for k, r in self.processes.items()},
                 "other pools": sum(pool_stats(p).in_use for p in self.extra_pools),
             },
-            tasks=Counter(_task_label(t) for t in asyncio.all_tasks() if t is not current),
+            tasks=Counter(
+                _task_label(t)
+                for t in asyncio.all_tasks()
+                if t is not current and not _is_harness(t)
+            ),
             channels={
                 (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in numsub.items()
             },
             hub_subscribers={k: r.hub.stats().subscribers for k, r in self.processes.items()},
         )
 
-    async def settle(self, timeout: float = 5.0) -> Snapshot:
-        """A snapshot taken once the system has stopped changing (for a baseline)."""
+    async def settle(self, timeout: float = 10.0, quiet_s: float = 1.2) -> Snapshot:
+        """A snapshot taken once the system is at rest (for a baseline): every pool
+        trimmed back to its one warm connection and nothing changing for ``quiet_s``."""
         previous = self.snapshot()
-        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        deadline = quiet_since + timeout
         while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
             current = self.snapshot()
-            if not current.diff(previous):
+            if current.diff(previous) or not self._pools_at_rest():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
                 return current
             previous = current
         return previous
+
+    def _pools_at_rest(self) -> bool:
+        return all(pool_stats(r.redis.connection_pool).idle <= 1 for r in self.processes.values())
 
     async def assert_back_to(self, baseline: Snapshot, timeout: float = 15.0) -> None:
         """Wait until the system holds exactly its baseline again; else fail with the diff."""

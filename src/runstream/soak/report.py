@@ -154,6 +154,7 @@ def build_report(
             "load_started_s": _round(state.load_started),
             "load_deadline_s": _round(state.load_deadline),
             "load_ended_s": _round(state.load_ended),
+            "ended_early": state.ended_early,
             "ended_s": _round(state.ended),
         },
         "baseline": {

@@ -135,6 +135,7 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
                     stop=stop,
                 )
                 state.load_ended = ctx.now()
+                state.ended_early = stop.is_set()
                 state.phase = sampler.phase = "settle"
                 state.settled_after = await settle(sampler, baseline, settings.settle)
                 state.phase = "done"

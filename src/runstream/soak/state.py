@@ -81,6 +81,8 @@ class SoakState:
     load_deadline: float | None = None
     """When the virtual clients stopped starting runs; those in flight then finish."""
     load_ended: float | None = None
+    ended_early: bool = False
+    """The load was ended before its duration (Ctrl-C)."""
     settled_after: float | None = None
     """Seconds from the end of the load until the counts matched the baseline (None: never)."""
     ended: float | None = None
