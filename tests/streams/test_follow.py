@@ -169,3 +169,28 @@ async def test_follower_leaving_early_releases_its_subscription(
         assert hub.stats().subscribers == 1
     assert hub.stats().subscribers == 0 and hub.stats().channels == 0
     assert keys.run_notify("r")  # the channel name comes from keys only
+
+
+async def test_record_turning_final_after_the_log_read_is_not_a_gap(
+    hub: PubSubHub, redis: Redis
+) -> None:
+    log, records = EventLog(redis, ttl_s=60), Records()
+
+    async def load_while_the_worker_finishes(run_id: str) -> Run | None:
+        # Between the follower's (empty) log read and this record read, the worker
+        # appended its last events and made the record final (it leads the stream).
+        await log.append(run_id, [tick(1), tick(2)])
+        return Run(
+            id=run_id,
+            principal="p",
+            agent="a",
+            status=RunStatus.COMPLETED,
+            input={},
+            completed_at=NOW,
+            last_seq=3,
+        )
+
+    sources = Sources(hub, log, load_while_the_worker_finishes, records.read)
+    async with contextlib.aclosing(follow("r", 0, sources, poll_s=0.5)) as it:
+        got = [(event.type, event.seq) async for event in it]
+    assert got == [("tick", 1), ("tick", 2), ("status", 3)]

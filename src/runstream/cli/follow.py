@@ -187,6 +187,8 @@ class Follower:
                     await response.aread()
                     raise api_error(response)
                 async for sse in source.aiter_sse():
+                    if not sse.data:
+                        continue  # a heartbeat comment, which httpx-sse reports as an event
                     yield parse_event(sse)
 
 

@@ -25,7 +25,7 @@ def write_chart(
     path: Path, samples: list[Sample], baseline: Sample, state: SoakState, title: str
 ) -> Path:
     """Draw the chart into ``path`` (a PNG) and return it."""
-    figure = Figure(figsize=(10, 5), dpi=100, layout="constrained")
+    figure = Figure(figsize=(11, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
     axes = figure.add_subplot()
     last_t = samples[-1].t if samples else 0.0
@@ -66,6 +66,7 @@ def write_chart(
     axes.set_title(title)
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize="small")
+    # Outside the plot: the lines are what the reader came for.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     figure.savefig(path, format="png")
     return path

@@ -168,7 +168,6 @@ class Sampler:
         # Replaced at every sample: waiting on it means "until the next sample". (Plain
         # Events rather than a Condition, whose cancelled waiters must re-take its lock.)
         self._next = asyncio.Event()
-        self._stopped = False
         self.phase = "baseline"
         self.samples: list[Sample] = []
         self.failures = 0
@@ -181,25 +180,16 @@ class Sampler:
         return self.samples[-1] if self.samples else None
 
     async def run(self) -> None:
-        """Sample at a steady rate until :meth:`stop` (and cancelled)."""
+        """Sample at a steady rate until cancelled (stop it with ``cancel_and_wait``: a
+        cancellation landing inside a redis-py command can be lost on Python 3.11)."""
         loop = asyncio.get_running_loop()
         due = loop.time()
-        while not self._stopped:
+        while True:
             await self.take()
             # A fixed schedule rather than sleep(interval): a slow CLIENT LIST must not
             # stretch the time series.
             due = max(due + self._interval, loop.time())
-            if not self._stopped:
-                await asyncio.sleep(due - loop.time())
-
-    def stop(self) -> None:
-        """End :meth:`run` after the sample in progress; cancel its task as well.
-
-        The flag, not only the cancellation, ends the loop: on Python 3.11 redis-py writes
-        each command under ``asyncio.wait_for``, which loses a cancellation arriving as the
-        write completes (CPython bpo-42130, fixed in 3.12); the sampler would go on forever.
-        """
-        self._stopped = True
+            await asyncio.sleep(due - loop.time())
 
     async def take(self) -> Sample | None:
         """Take one sample now and wake whoever waits for it; None when it failed."""

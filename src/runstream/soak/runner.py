@@ -26,6 +26,7 @@ from runstream.cli.api_client import (
     transport_errors,
 )
 from runstream.cli.errors import CliError
+from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.soak.chart import CHART_NAME, write_chart
 from runstream.soak.connections import Sample, Sampler, open_admin, redacted_url
 from runstream.soak.driver import drive
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from runstream.soak.mix import Mix
+
+SETTLED_SAMPLES: Final = 2
+"""Samples in a row that must equal the baseline for the system to count as back."""
 
 BASELINE_TIMEOUT_S: Final = 10.0
 """Longest wait for two agreeing samples before the load; the last one is used then."""
@@ -118,32 +122,17 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
             started=started,
             run_timeout=settings.run_timeout,
         )
-        async with asyncio.TaskGroup() as tg:
-            sampling = tg.create_task(sampler.run(), name="runstream-soak-sampler")
-            showing = tg.create_task(display.run(), name="runstream-soak-display")
-            try:
-                baseline = await take_baseline(sampler)
-                state.phase = sampler.phase = "load"
-                state.load_started = ctx.now()
-                state.load_deadline = state.load_started + settings.duration
-                await drive(
-                    ctx,
-                    settings.mix,
-                    concurrency=settings.concurrency,
-                    duration=settings.duration,
-                    seed=settings.seed,
-                    stop=stop,
-                )
-                state.load_ended = ctx.now()
-                state.ended_early = stop.is_set()
-                state.phase = sampler.phase = "settle"
-                state.settled_after = await settle(sampler, baseline, settings.settle)
-                state.phase = "done"
-                state.ended = ctx.now()
-            finally:
-                sampler.stop()
-                sampling.cancel()
-                showing.cancel()
+        with collapse_excgroups():  # a CliError of the body comes out as itself
+            async with asyncio.TaskGroup() as tg:
+                sampling = tg.create_task(sampler.run(), name="runstream-soak-sampler")
+                showing = tg.create_task(display.run(), name="runstream-soak-display")
+                try:
+                    baseline = await _phases(settings, ctx, sampler, stop)
+                finally:
+                    # The sampler may be inside a redis-py command, where Python 3.11 can
+                    # lose a cancellation: cancel until it is really done.
+                    await cancel_and_wait(sampling)
+                    await cancel_and_wait(showing)
     last = sampler.latest or baseline
     verdict = judge(state, baseline, last)
     report = build_report(
@@ -162,6 +151,32 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
         write_chart, settings.out / CHART_NAME, sampler.samples, baseline, state, title
     )
     return SoakResult(verdict, report_path, chart_path, report)
+
+
+async def _phases(
+    settings: SoakSettings, ctx: Context, sampler: Sampler, stop: asyncio.Event
+) -> Sample:
+    """Baseline, load, settle (the state records each); the baseline sample."""
+    state = ctx.state
+    baseline = await take_baseline(sampler)
+    state.phase = sampler.phase = "load"
+    state.load_started = ctx.now()
+    state.load_deadline = state.load_started + settings.duration
+    await drive(
+        ctx,
+        settings.mix,
+        concurrency=settings.concurrency,
+        duration=settings.duration,
+        seed=settings.seed,
+        stop=stop,
+    )
+    state.load_ended = ctx.now()
+    state.ended_early = stop.is_set()
+    state.phase = sampler.phase = "settle"
+    state.settled_after = await settle(sampler, baseline, settings.settle)
+    state.phase = "done"
+    state.ended = ctx.now()
+    return baseline
 
 
 @asynccontextmanager
@@ -214,15 +229,27 @@ async def take_baseline(sampler: Sampler) -> Sample:
 
 
 async def settle(sampler: Sampler, baseline: Sample, timeout: float) -> float | None:
-    """Wait up to ``timeout`` seconds for a sample whose counts per ``role:instance`` equal
-    the baseline's; the seconds it took, or None when they never did."""
+    """Wait up to ``timeout`` seconds for the counts per ``role:instance`` to equal the
+    baseline's in :data:`SETTLED_SAMPLES` samples in a row; the seconds until the first
+    of them, or None when they never did.
+
+    One matching sample could be a count passing through the baseline on its way
+    elsewhere (a pool trimming while a reconnect opens another); back means staying.
+    """
     loop = asyncio.get_running_loop()
     began = loop.time()
+    matched_at: float | None = None
+    streak = 0
     try:
         async with asyncio.timeout(timeout):
-            while True:
+            while streak < SETTLED_SAMPLES:
                 sample = await sampler.next_sample()
-                if sample.totals == baseline.totals:
-                    return loop.time() - began
+                if sample.totals != baseline.totals:
+                    streak, matched_at = 0, None
+                    continue
+                streak += 1
+                if matched_at is None:
+                    matched_at = loop.time() - began
     except TimeoutError:
         return None
+    return matched_at

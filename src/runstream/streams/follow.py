@@ -94,20 +94,9 @@ async def follow(
 async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
     """Deliver everything after the cursor that Redis or the archive still holds."""
     delivered = False
-    while not cursor.finished:
-        batch = await sources.log.read(run_id, cursor.seq, PAGE)
-        if not batch:
-            break
-        if batch[0].seq > cursor.seq + 1:
-            yield _skip_to(cursor, batch[0].seq - 1)
-        for event in batch:
-            if cursor.accept(event):
-                delivered = True
-                yield event
-            if cursor.finished:
-                return
-        if len(batch) < PAGE:
-            break
+    async for event in _from_log(run_id, cursor, sources):
+        delivered = True
+        yield event
     if delivered or cursor.finished:
         return
     # Nothing new in Redis: either the run goes on, or it is over and its log is gone
@@ -118,8 +107,31 @@ async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIter
     if cursor.seq >= run.last_seq:
         cursor.finished = True
         return
+    # The record leads the stream: it may have turned final after the log was read, with
+    # the run's last events appended in between. Read the log again before the archive.
+    async for event in _from_log(run_id, cursor, sources):
+        yield event
+    if cursor.finished:
+        return
     async for event in _from_archive(run, cursor, sources):
         yield event
+
+
+async def _from_log(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+    """Deliver what the Redis log holds after the cursor, a gap first if it starts later."""
+    while not cursor.finished:
+        batch = await sources.log.read(run_id, cursor.seq, PAGE)
+        if not batch:
+            return
+        if batch[0].seq > cursor.seq + 1:
+            yield _skip_to(cursor, batch[0].seq - 1)
+        for event in batch:
+            if cursor.accept(event):
+                yield event
+            if cursor.finished:
+                return
+        if len(batch) < PAGE:
+            return
 
 
 async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
