@@ -21,6 +21,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (no persistence, free loopback port), for tests
+    that run runstream as processes or kill every pub/sub client on the server."""
+    server = RedisServer(tmp_path / "redis-data")
+    server.workdir.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The private server, running, emptied, with its default client limit."""
     if redis_server.process is None or redis_server.process.poll() is not None:

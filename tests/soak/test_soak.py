@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ pytestmark = pytest.mark.timeout(120)
 API, WORKER = "sa", "sw"
 MIX = "disconnect=0.25,stop=0.2,fail=0.15,pubsub_kill=0.1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own: the soak kills every pub/sub client on it."""
-    server = RedisServer(tmp_path / "redis-data")
-    server.workdir.mkdir()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_short_soak_with_every_fault_passes(private_redis: RedisServer, tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import httpx
+import typer
 
 from runstream.cli.errors import CliError
 
@@ -113,3 +114,14 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
     except (ValueError, AttributeError, KeyError, TypeError):
         text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
         return "http_error", text or response.reason_phrase or "no details"
+
+
+ApiUrlOption = Annotated[
+    str, typer.Option("--api", envvar="RUNSTREAM_API_URL", help="Base URL of the API.")
+]
+"""The ``--api`` option of every command that talks to the API."""
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="RUNSTREAM_TOKEN", help="API key or JWT (Bearer)."),
+]
+"""The ``--token`` option of every command that talks to the API."""

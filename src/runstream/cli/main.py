@@ -17,7 +17,7 @@ import orjson
 import structlog
 import typer
 
-from runstream.cli.api_client import DEFAULT_API_URL
+from runstream.cli.api_client import DEFAULT_API_URL, ApiUrlOption, TokenOption
 from runstream.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from runstream.cli.soak import soak
 from runstream.config import load_settings
@@ -130,13 +130,8 @@ def run(
             "--input", "-i", help='The agent\'s input as a JSON object, e.g. \'{"text": "hi"}\'.'
         ),
     ],
-    api_url: Annotated[
-        str, typer.Option("--api", envvar="RUNSTREAM_API_URL", help="Base URL of the API.")
-    ] = DEFAULT_API_URL,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", envvar="RUNSTREAM_TOKEN", help="API key or JWT (Bearer)."),
-    ] = None,
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    token: TokenOption = None,
     thread_id: Annotated[
         str | None, typer.Option("--thread-id", help="Thread the run belongs to.")
     ] = None,

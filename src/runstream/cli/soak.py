@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-from runstream.cli.api_client import DEFAULT_API_URL
+from runstream.cli.api_client import DEFAULT_API_URL, ApiUrlOption, TokenOption
 from runstream.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
@@ -31,13 +31,8 @@ _REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 
 def soak(
-    api_url: Annotated[
-        str, typer.Option("--api", envvar="RUNSTREAM_API_URL", help="Base URL of the API.")
-    ] = DEFAULT_API_URL,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", envvar="RUNSTREAM_TOKEN", help="API key or JWT (Bearer)."),
-    ] = None,
+    api_url: ApiUrlOption = DEFAULT_API_URL,
+    token: TokenOption = None,
     redis_url: Annotated[
         str | None,
         typer.Option(

@@ -118,9 +118,16 @@ async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIter
 
 
 async def _from_log(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
-    """Deliver what the Redis log holds after the cursor, a gap first if it starts later."""
+    """Deliver what the Redis log holds after the cursor."""
+    async for event in _pages(sources.log.read, run_id, cursor):
+        yield event
+
+
+async def _pages(read: ReadArchive, run_id: str, cursor: _Cursor) -> AsyncIterator[Event]:
+    """Deliver ``read``'s events after the cursor page by page, a gap first where the
+    source starts later than the cursor's next ``seq``."""
     while not cursor.finished:
-        batch = await sources.log.read(run_id, cursor.seq, PAGE)
+        batch = await read(run_id, cursor.seq, PAGE)
         if not batch:
             return
         if batch[0].seq > cursor.seq + 1:
@@ -136,15 +143,8 @@ async def _from_log(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIter
 
 async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
     """Replay a finished run from the database, then make sure it ends with its status."""
-    while not cursor.finished:
-        batch = await sources.read_archive(run.id, cursor.seq, PAGE)
-        if not batch:
-            break
-        if batch[0].seq > cursor.seq + 1:
-            yield _skip_to(cursor, batch[0].seq - 1)
-        for event in batch:
-            if cursor.accept(event):
-                yield event
+    async for event in _pages(sources.read_archive, run.id, cursor):
+        yield event
     if cursor.finished:
         return
     # The terminal event is in neither place (the record is final before it is appended,
