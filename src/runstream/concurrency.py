@@ -1,36 +1,101 @@
-"""Small structured-concurrency helpers shared by the package."""
+"""The package's two structured-concurrency idioms, and nothing else.
+
+- :func:`helper_task`: a helper task that lives exactly as long as a block. It starts
+  when the block is entered and is cancelled and awaited when the block exits, however
+  it exits; if the helper fails first, the block is cancelled and the helper's error
+  is raised (a TaskGroup underneath).
+- :func:`finish_shielded`: cleanup that must finish. It runs to its end even if the
+  caller is cancelled (the caller's cancellation is re-raised afterwards), within a
+  deadline: past it the cleanup is cancelled and TimeoutError raised, so no owner waits
+  forever on a stuck close.
+
+Both hold on Python 3.11, where a cancellation landing as redis-py's ``wait_for``
+completes can be lost (``redis-py-facts.md``), and inside AnyIO cancel scopes (streaq
+runs tasks in those), which re-deliver a cancellation until the task gives in.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar
+
+import anyio
 
 T = TypeVar("T")
 
+STOP_EVERY_S = 0.1
+"""How often a helper that ignored its cancellation is cancelled again."""
 
-async def complete_before_cancel(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to its end even if the caller is cancelled, then honour the cancellation.
 
-    For short database round trips on cancellable paths (a stream whose client left):
-    a driver interrupted mid-query invalidates its connection, and the SQLAlchemy/aiosqlite
-    clean-up of that connection can outlive the caller as a stuck task. Waiting for the
-    round trip instead keeps every task inside its owner's lifetime.
+@contextlib.asynccontextmanager
+async def helper_task(
+    coro: Coroutine[Any, Any, Any], *, name: str | None = None
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``coro`` as a task for exactly the life of the ``async with`` block.
+
+    On exit the task is cancelled and awaited (cancelled again while it goes on). If the
+    task fails while the block runs, the block is cancelled and the task's exception
+    propagates as itself, not wrapped in an ExceptionGroup.
     """
-    task = asyncio.ensure_future(coro)
+    with collapse_excgroups():
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(coro, name=name)
+            try:
+                yield task
+            finally:
+                await cancel_and_wait(task)
+
+
+async def finish_shielded(aw: Awaitable[T], *, within_s: float) -> T:
+    """Run ``aw`` to its end even if the caller is cancelled, for at most ``within_s``.
+
+    The caller's cancellation (asyncio's or an AnyIO scope's) waits for ``aw`` and is
+    re-raised once it is done. Past the deadline ``aw`` is cancelled, awaited, and
+    TimeoutError raised. Use it for closes and for short round trips on cancellable
+    paths: a driver interrupted mid-call can leave its connection, or a clean-up task
+    of its own, behind.
+    """
+    task = asyncio.ensure_future(aw)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
     cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True  # keep waiting: the round trip finishes first
+    # The AnyIO shield stops a scope from re-cancelling this task on every loop turn;
+    # asyncio.shield below covers plain asyncio cancellation.
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await cancel_and_wait(task)
+                if cancelled:
+                    raise asyncio.CancelledError
+                raise TimeoutError(f"clean-up did not finish within {within_s:g}s")
+            try:
+                # asyncio.wait never cancels what it waits for: a cancellation of this
+                # task lands here and leaves the clean-up running.
+                await asyncio.wait([task], timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled = True  # keep waiting: the clean-up finishes first
     if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio never reports it as lost
         raise asyncio.CancelledError
-    return result
+    return task.result()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, every_s: float = STOP_EVERY_S) -> None:
+    """Cancel ``task`` and wait until it is done, cancelling it again if it goes on.
+
+    Shielded, so the wait completes even if the caller is cancelled too.
+    """
+    await asyncio.shield(_cancel_until_done(task, every_s))
+
+
+async def _cancel_until_done(task: asyncio.Task[Any], every_s: float) -> None:
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)
 
 
 @contextlib.contextmanager
@@ -50,19 +115,3 @@ def collapse_excgroups() -> Iterator[None]:
         if error is group:
             raise
         raise error from error.__cause__
-
-
-async def cancel_and_wait(task: asyncio.Task[Any], *, every_s: float = 0.1) -> None:
-    """Cancel ``task`` and wait until it is done, cancelling it again if it goes on.
-
-    On Python 3.11 a cancellation that lands as redis-py's ``asyncio.wait_for`` completes
-    is lost, and a loop that was told to stop keeps running; its owner would then wait
-    for it forever. Shielded, so the wait completes even if the owner is cancelled too.
-    """
-    await asyncio.shield(_cancel_until_done(task, every_s))
-
-
-async def _cancel_until_done(task: asyncio.Task[Any], every_s: float) -> None:
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=every_s)

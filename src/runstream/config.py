@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,3 +112,16 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(
             f"RUNSTREAM_{field.upper()}: {first['msg']} (fix the environment variable)"
         ) from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, fit to print or to report."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

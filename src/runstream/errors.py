@@ -2,13 +2,17 @@
 
     RunstreamError
     ├── ConfigError            bad configuration; the message is one line to show the user
-    ├── BackendUnavailable     Redis or the database cannot serve the call now (HTTP 503)
-    │   └── TooManyConnections a connection budget (pool or server maxclients) is exhausted
-    ├── SubscribeError         the shared pub/sub connection could not confirm a subscription
-    ├── AgentError             an agent misbehaved (bad event, unknown name)
-    └── RunNotFound            no such run for this principal
+    ├── BackendUnavailable     Redis, the queue or the database cannot serve the call now
+    │   ├── TooManyConnections a connection budget (pool or server maxclients) is exhausted;
+    │   │                      carries the role and instance that hit it
+    │   └── SubscribeError     the shared pub/sub connection could not confirm a subscription
+    ├── AgentError             an agent misbehaved (bad event, unknown name, bad input)
+    ├── RunNotFound            no such run for this principal
+    └── RunFinished            the run has already ended (it cannot be stopped)
 
-Foreign errors (redis-py, SQLAlchemy) are translated at the module that talks to them.
+Foreign errors (redis-py, coredis, SQLAlchemy and the drivers under it) are translated
+in the adapter that talks to them (``streams``, ``queue``, ``store``): nothing above
+the adapters sees one. The HTTP layer maps this tree to statuses (``api.errors``).
 """
 
 from __future__ import annotations
@@ -23,11 +27,19 @@ class ConfigError(RunstreamError):
 
 
 class BackendUnavailable(RunstreamError):
-    """Redis or the database is unreachable or refused the call."""
+    """Redis, the queue or the database is unreachable or refused the call."""
 
 
 class TooManyConnections(BackendUnavailable):
-    """A connection budget is exhausted: the process pool, or the server's maxclients."""
+    """A connection budget is exhausted: a process pool, or the server's maxclients.
+
+    ``role`` and ``instance`` name the process that hit it, as in ``CLIENT LIST`` names.
+    """
+
+    def __init__(self, message: str, *, role: str, instance: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.instance = instance
 
 
 class SubscribeError(BackendUnavailable):
@@ -40,3 +52,19 @@ class AgentError(RunstreamError):
 
 class RunNotFound(RunstreamError):
     """The run does not exist or belongs to another principal."""
+
+
+class RunFinished(RunstreamError):
+    """The run has already ended; ``status`` is how it ended."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"run already {status}")
+        self.status = status
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error (of the first one inside an exception group)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,7 +2,8 @@
 
 The API lifespan, the worker and the CLI all enter :func:`open_resources`; its exit
 order is the reverse of its entry order, whatever fails, and no connection outlives it.
-Per process: one bounded command pool, one pub/sub connection, one database engine.
+Per process: one bounded command pool, one pub/sub connection, one database engine and
+the task queue (a producer in the API, a consumer in a worker).
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from runstream.agents.registry import AgentRegistry, load_registry
-from runstream.concurrency import complete_before_cancel
+from runstream.concurrency import finish_shielded
 from runstream.config import Settings
 from runstream.models import Event, Run
-from runstream.store.database import open_store
+from runstream.queue import RunQueue, open_queue
+from runstream.store.database import POOL_TIMEOUT_S, open_store
 from runstream.store.repository import RunStore
-from runstream.streams.connection import open_redis, pool_stats
+from runstream.streams.connection import RedisErrors, open_redis, pool_stats
 from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources
 from runstream.streams.pubsub import PubSubHub, open_hub
+
+READ_WITHIN_S = POOL_TIMEOUT_S + 20.0
+"""The most a follower's database read may take once its client has gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,9 @@ class Resources:
     log: EventLog
     control: RunControl
     store: RunStore
+    queue: RunQueue
     agents: AgentRegistry
+    redis_errors: RedisErrors
 
     def sources(self) -> Sources:
         """What a stream follower reads from."""
@@ -48,13 +55,19 @@ class Resources:
             read_archive=self._read_archive,
         )
 
-    # Followers are cancelled whenever a client leaves: their database reads complete
-    # first (see complete_before_cancel).
+    # Followers are cancelled whenever a client leaves: their database reads finish
+    # first (finish_shielded), within the pool's wait plus the query's own time.
     async def _load_run(self, run_id: str) -> Run | None:
-        return await complete_before_cancel(self.store.get_run(run_id))
+        return await finish_shielded(self.store.get_run(run_id), within_s=READ_WITHIN_S)
 
     async def _read_archive(self, run_id: str, after: int, limit: int) -> list[Event]:
-        return await complete_before_cancel(self.store.read_events(run_id, after, limit))
+        read = self.store.read_events(run_id, after, limit)
+        return await finish_shielded(read, within_s=READ_WITHIN_S)
+
+    async def ping_redis(self) -> None:
+        """One command round trip; raises BackendUnavailable when Redis does not answer."""
+        with self.redis_errors:
+            await self.redis.ping()
 
     def pool_in_use(self) -> int:
         """Command connections currently lent out (0 when the process is idle)."""
@@ -85,14 +98,20 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
                 ping_interval=settings.pubsub_ping_s,
             )
         )
-        store = await stack.enter_async_context(open_store(settings.database_url))
+        store = await stack.enter_async_context(
+            open_store(settings.database_url, role=role, instance=settings.instance)
+        )
+        queue = await stack.enter_async_context(open_queue(settings, role=role))
+        errors = RedisErrors(role=role, instance=settings.instance)
         yield Resources(
             settings=settings,
             role=role,
             redis=redis,
             hub=hub,
-            log=EventLog(redis, ttl_s=settings.event_ttl_s),
-            control=RunControl(redis, stop_ttl_s=settings.event_ttl_s),
+            log=EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors),
+            control=RunControl(redis, stop_ttl_s=settings.event_ttl_s, errors=errors),
             store=store,
+            queue=queue,
             agents=agents,
+            redis_errors=errors,
         )

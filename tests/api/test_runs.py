@@ -10,6 +10,8 @@ import httpx
 import jwt
 import pytest
 
+from runstream.streams import keys
+from runstream.worker.executor import Executor
 from tests.api.streaming import read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, make_settings, running_api, running_worker
@@ -163,7 +165,7 @@ async def test_bad_list_parameters_are_422(
 
 
 async def test_stop_while_queued_ends_stopped_without_starting_the_agent(
-    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_id = await start(client, "scripted", count=3)
     stopped = await client.post(f"/runs/{run_id}/stop")
@@ -171,11 +173,40 @@ async def test_stop_while_queued_ends_stopped_without_starting_the_agent(
     events = await read_stream(client, run_id)
     assert [(e["id"], e["data"]["status"]) for e in events] == [("1", "stopped")]
     # A worker that receives it afterwards acknowledges and skips it.
+    delivered = asyncio.Event()
+    execute = Executor.execute
+
+    async def recording(self: Executor, delivered_id: str) -> None:
+        await execute(self, delivered_id)
+        if delivered_id == run_id:
+            delivered.set()
+
+    monkeypatch.setattr(Executor, "execute", recording)
     async with running_worker(make_settings(redis_url, sqlite_url, instance="late")):
-        await asyncio.sleep(0)  # the worker starts; the run must stay as it is
+        await asyncio.wait_for(delivered.wait(), 15)  # it fetched the run, and skipped it
     run = (await client.get(f"/runs/{run_id}")).json()
     assert run["status"] == "stopped" and run["started_at"] is None and run["last_seq"] == 1
     assert_error(await client.post(f"/runs/{run_id}/stop"), 409, "run_finished")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_every_key_a_run_leaves_has_a_ttl(
+    client: httpx.AsyncClient, redis_server: RedisServer
+) -> None:
+    finished = await start(client, "echo", text="a few words")
+    await read_stream(client, finished)
+    stopped = await start(client, "scripted", count=1, hang=True)
+    await client.post(f"/runs/{stopped}/stop")
+    await read_stream(client, stopped)
+    with redis_server.admin() as admin:
+        # The queue's own keys are streaq's, under one prefix; every other key is ours.
+        queue = keys.queue_prefix("")
+        names = [k.decode() for k in admin.scan_iter("runstream:*")]
+        ours = [k for k in names if not k.startswith(queue)]
+        ttls = {k: admin.ttl(k) for k in ours}
+    kinds = {k.rsplit(":", 1)[-1] for k in ours}
+    assert {"events", "stop"} <= kinds, ours  # the log of each run and the stop flag
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
 
 
 @pytest.mark.usefixtures("worker")
@@ -200,11 +231,17 @@ async def test_healthz_reports_each_backend(
     healthy = await client.get("/healthz")
     assert healthy.status_code == 200 and healthy.json()["status"] == "ok"
     redis_server.stop()
+    # Each check notices on its own schedule (the pub/sub reader at its next read): wait
+    # until both Redis checks say so.
     async with asyncio.timeout(15):
-        while (response := await client.get("/healthz")).status_code != 503:
+        while True:
+            response = await client.get("/healthz")
+            checks = response.json()["checks"]
+            if checks["redis"] != "ok" and checks["pubsub"] != "ok":
+                break
             await asyncio.sleep(0.05)
-    checks = response.json()["checks"]
-    assert checks["database"] == "ok" and checks["redis"] != "ok" and checks["pubsub"] != "ok"
+    assert response.status_code == 503 and response.json()["status"] == "unavailable"
+    assert checks["database"] == "ok"
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from runstream.cli.embedded_redis import free_port  # noqa: F401 (used and re-exported)
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -25,13 +27,6 @@ RUNSTREAM: list[str] = (
     [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "runstream.cli.main"]
 )
 """The command that runs the CLI as a user would: the installed console script."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cli_env(**variables: str) -> dict[str, str]:

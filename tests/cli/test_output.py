@@ -8,9 +8,9 @@ import pytest
 from httpx_sse import ServerSentEvent
 from rich.console import Console
 
-from runstream.cli.errors import CliError
-from runstream.cli.follow import parse_event
-from runstream.cli.output import EventPrinter, StreamEvent
+from runstream.cli.output import EventPrinter
+from runstream.client.errors import ClientError
+from runstream.client.events import StreamEvent, parse_event
 
 
 def printed(*events: StreamEvent) -> list[str]:
@@ -57,5 +57,5 @@ def test_parse_event_reads_seq_from_the_id() -> None:
     ("event_id", "data"), [("", '{"type":"x"}'), ("abc", '{"type":"x"}'), ("1", "[1]")]
 )
 def test_parse_event_rejects_what_is_not_runstreams(event_id: str, data: str) -> None:
-    with pytest.raises(CliError):
+    with pytest.raises(ClientError):
         parse_event(ServerSentEvent(event="x", data=data, id=event_id))

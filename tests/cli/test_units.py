@@ -12,11 +12,11 @@ import pytest
 import structlog
 import uvicorn.config
 
-from runstream.cli.dev import api_url, redact
-from runstream.cli.errors import CliError, Interrupted
+from runstream.cli.dev import api_url
 from runstream.cli.server import check_bind, is_loopback
 from runstream.cli.tasks import until_set
-from runstream.config import load_settings
+from runstream.client.errors import ClientError, Interrupted
+from runstream.config import load_settings, redact_url
 from runstream.errors import ConfigError
 from runstream.logs import configure_logging
 
@@ -44,9 +44,10 @@ def test_public_bind_needs_auth() -> None:
 def test_urls_for_the_banner() -> None:
     assert api_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
     assert api_url("::1", 9000) == "http://[::1]:9000"
-    assert redact("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
-    assert redact("postgresql://bob:pw@db/x") == "postgresql://bob:***@db/x"
-    assert redact("sqlite+aiosqlite:///./runstream.db") == "sqlite+aiosqlite:///./runstream.db"
+    assert redact_url("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact_url("postgresql://bob:pw@db/x") == "postgresql://bob:***@db/x"
+    assert redact_url("sqlite+aiosqlite:///./runstream.db") == "sqlite+aiosqlite:///./runstream.db"
+    assert redact_url("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
 
 
 async def test_until_set_returns_the_result(no_task_leaks: None) -> None:
@@ -74,9 +75,9 @@ async def test_until_set_cancels_work_when_the_event_is_set(no_task_leaks: None)
 
 async def test_until_set_raises_the_work_error_unwrapped(no_task_leaks: None) -> None:
     async def work() -> None:
-        raise CliError("boom")
+        raise ClientError("boom")
 
-    with pytest.raises(CliError, match="boom"):
+    with pytest.raises(ClientError, match="boom"):
         await until_set(asyncio.Event(), work())
 
 

@@ -2,8 +2,10 @@
 
 runstream shares one pub/sub connection per process (``PubSubHub``). The system of the
 incident gave every subscriber its own PubSub from a shared pool and a listener task.
-:class:`SeedSubscriptions` re-creates that pattern; with ``bug=None`` it has all five
-fixes of the seed, and each ``bug`` puts one finding back:
+:class:`SeedSubscriptions` re-creates that pattern; with ``bug=None`` it has the seed's
+five fixes and one thing more: its clean-up is shielded as a whole (see ``subscribe``),
+because the cancellation of an SSE response is delivered again at every await and the
+five fixes alone would skip the close. Each ``bug`` puts one finding back:
 
 - ``"F1"``: a failed subscribe re-raises without closing the PubSub;
 - ``"F2"``: the PubSub is closed with the deprecated ``close()``;
@@ -25,6 +27,8 @@ from typing import Any
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from runstream.streams.connection import connection_kwargs
 from runstream.streams.keys import client_name
@@ -45,9 +49,12 @@ class SeedSubscriptions:
     def client_for(self, hub: PubSubHub) -> Redis:
         if id(hub) not in self.clients:
             name = client_name(hub._role, hub._instance, "pubsub")
-            pool = BlockingConnectionPool(
-                max_connections=50, timeout=2, **connection_kwargs(_url_of(hub), name)
-            )
+            kwargs = connection_kwargs(_url_of(hub), name)
+            # No retries, as in the incident's pool: when the fixture closes this pool
+            # under a listener, the listener ends instead of reconnecting (and then, on
+            # Python 3.11, possibly losing the one cancellation the pattern sends it).
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+            pool = BlockingConnectionPool(max_connections=50, timeout=2, **kwargs)
             self.clients[id(hub)] = Redis(connection_pool=pool)
         return self.clients[id(hub)]
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from runstream.errors import TooManyConnections
-from runstream.streams.connection import open_redis, redis_errors
+from runstream.streams.connection import RedisErrors, open_redis
 from tests.api.streaming import read_stream, start
 from tests.faults.conftest import FaultSystem, kill_connections
 
@@ -50,8 +50,12 @@ async def test_exhausted_pool_fails_fast_instead_of_opening_more(redis_url: str)
     ) as client:
         held = await client.connection_pool.get_connection()
         try:
-            with pytest.raises(TooManyConnections), redis_errors(role="api", instance="tiny"):
+            with (
+                pytest.raises(TooManyConnections) as caught,
+                RedisErrors(role="api", instance="tiny"),
+            ):
                 await client.ping()
+            assert (caught.value.role, caught.value.instance) == ("api", "tiny")
         finally:
             await client.connection_pool.release(held)
         assert await client.ping()

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from httpx_sse import aconnect_sse
 
-from runstream.worker.queue import QUEUE_CONNECTIONS
+from runstream.queue import QUEUE_CONNECTIONS
 from tests.cli import Background, background, cli_env, free_port, healthy
 from tests.redis_server import RedisServer
 

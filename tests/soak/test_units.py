@@ -7,17 +7,15 @@ from collections import Counter
 
 import pytest
 
-from runstream.cli.output import StreamEvent
-from runstream.cli.soak import DEFAULT_MIX as CLI_DEFAULT_MIX
+from runstream.client.events import StreamEvent
 from runstream.soak.checks import RunCheck
-from runstream.soak.connections import make_sample, process_key, redacted_url
+from runstream.soak.connections import make_sample, process_key
 from runstream.soak.mix import DEFAULT_MIX, Scenario, parse_mix
 from runstream.soak.report import baseline_diff, judge
 from runstream.soak.state import Problem, SoakState
 
 
 def test_cli_default_mix_is_the_soak_default() -> None:
-    assert CLI_DEFAULT_MIX == DEFAULT_MIX
     assert parse_mix(DEFAULT_MIX).as_text() == DEFAULT_MIX
 
 
@@ -138,8 +136,3 @@ def test_verdict_diff_names_the_process_and_purposes() -> None:
     verdict = judge(state, base, base)
     assert verdict.back_to_baseline and verdict.events_lost and not verdict.passed
     assert verdict.lines()[-1] == "passed: false"
-
-
-def test_redacted_url_hides_credentials() -> None:
-    assert redacted_url("redis://user:secret@host:6379/0") == "redis://***@host:6379/0"
-    assert redacted_url("redis://host:6379/0") == "redis://host:6379/0"

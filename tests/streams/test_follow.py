@@ -13,12 +13,15 @@ from redis.asyncio import Redis
 
 from runstream.models import Event, Run, RunStatus, build_event, status_event
 from runstream.streams import keys
+from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources, follow
 from runstream.streams.pubsub import PubSubHub, open_hub
 
 pytestmark = pytest.mark.usefixtures("no_task_leaks")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+ERRORS = RedisErrors(role="test", instance="t")
 
 
 def tick(seq: int) -> Event:
@@ -59,7 +62,7 @@ async def collect(run_id: str, after: int, sources: Sources) -> list[int]:
 async def test_followers_joining_at_random_points_see_every_event_once_in_order(
     hub: PubSubHub, redis: Redis
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60), Records()
+    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
     sources = Sources(hub, log, records.load, records.read)
     total = 300
     rng = random.Random(7)
@@ -102,7 +105,7 @@ async def test_followers_joining_at_random_points_see_every_event_once_in_order(
 async def test_slow_follower_falls_back_to_the_log_and_misses_nothing(
     hub: PubSubHub, redis: Redis
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60), Records()
+    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
     sources = Sources(hub, log, records.load, records.read)
     seen: list[int] = []
     async with contextlib.aclosing(follow("r", 0, sources, poll_s=0.5)) as events:
@@ -132,7 +135,7 @@ async def test_finished_run_without_redis_log_is_replayed_from_the_archive(
         last_seq=3,
     )
     records.archive["r"] = events
-    sources = Sources(hub, EventLog(redis, ttl_s=60), records.load, records.read)
+    sources = Sources(hub, EventLog(redis, ttl_s=60, errors=ERRORS), records.load, records.read)
     assert await collect("r", 0, sources) == [1, 2, 3]
     assert await collect("r", 3, sources) == []
 
@@ -150,7 +153,7 @@ async def test_terminal_event_missing_everywhere_is_rebuilt_from_the_record(
         completed_at=NOW,
         last_seq=5,
     )
-    sources = Sources(hub, EventLog(redis, ttl_s=60), records.load, records.read)
+    sources = Sources(hub, EventLog(redis, ttl_s=60, errors=ERRORS), records.load, records.read)
     async with contextlib.aclosing(follow("r", 2, sources, poll_s=0.5)) as it:
         got = [event async for event in it]
     assert [(e.type, e.seq) for e in got] == [("gap", 4), ("status", 5)]
@@ -161,20 +164,24 @@ async def test_terminal_event_missing_everywhere_is_rebuilt_from_the_record(
 async def test_follower_leaving_early_releases_its_subscription(
     hub: PubSubHub, redis: Redis
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60), Records()
+    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
     sources = Sources(hub, log, records.load, records.read)
     await log.append("r", [tick(1), tick(2)])
     async with contextlib.aclosing(follow("r", 0, sources)) as events:
         assert (await anext(events)).seq == 1
         assert hub.stats().subscribers == 1
     assert hub.stats().subscribers == 0 and hub.stats().channels == 0
-    assert keys.run_notify("r")  # the channel name comes from keys only
+    async with asyncio.timeout(5):  # the server lets go of the channel too
+        while await redis.pubsub_numsub(keys.run_notify("r")) != [
+            (keys.run_notify("r").encode(), 0)
+        ]:
+            await asyncio.sleep(0.01)
 
 
 async def test_record_turning_final_after_the_log_read_is_not_a_gap(
     hub: PubSubHub, redis: Redis
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60), Records()
+    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
 
     async def load_while_the_worker_finishes(run_id: str) -> Run | None:
         # Between the follower's (empty) log read and this record read, the worker

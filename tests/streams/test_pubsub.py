@@ -132,7 +132,20 @@ async def test_restarted_server_gets_every_wanted_channel_back(
             await wait_until(lambda: {"one", "two"} <= set(redis_server.channels()))
 
 
-async def test_hub_never_opens_a_second_connection(redis_url: str) -> None:
+async def test_hub_never_opens_a_second_connection(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    names: list[list[str]] = []
     async with open_hub(redis_url, role="test", instance="hub") as h:
         assert await h.wait_connected(5)
-        assert h._pool.max_connections == 1
+
+        async def subscriber(n: int) -> None:
+            async with h.subscribe(f"channel-{n % 7}"):
+                names.append(redis_server.client_names())
+
+        async with asyncio.TaskGroup() as tg:  # 50 first and later subscribers at once
+            for n in range(50):
+                tg.create_task(subscriber(n))
+        names.append(redis_server.client_names())
+    assert len(names) == 51
+    assert all(seen == ["runstream:test:hub:pubsub"] for seen in names), names

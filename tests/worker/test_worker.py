@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from runstream.models import RunStatus, utcnow
+from runstream.queue import open_queue
 from runstream.store.database import open_store
+from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
-from runstream.worker.queue import RunQueue, enqueue_run
 from tests.api.streaming import read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, make_settings, running_api, running_worker
@@ -20,6 +21,8 @@ AGENTS = ",".join(
     f"{name}=tests.worker.sample_agents:{name}"
     for name in ("not_an_object", "no_type", "too_big", "not_json")
 )
+
+ERRORS = RedisErrors(role="test", instance="t")
 
 
 @pytest.fixture
@@ -72,10 +75,9 @@ async def test_run_delivered_twice_executes_once(
 ) -> None:
     settings = make_settings(redis_url, sqlite_url, instance="w")
     run_id = await start(client, "scripted", count=3)
-    queue = RunQueue(redis_url, role="api", instance="extra", queue_name=settings.queue_name)
-    async with queue:
+    async with open_queue(make_settings(redis_url, sqlite_url, instance="extra"), role="api") as q:
         for _ in range(3):
-            await enqueue_run(queue, run_id)
+            await q.enqueue(run_id)
     async with (
         running_worker(settings),
         running_worker(make_settings(redis_url, sqlite_url, instance="w2")),
@@ -133,7 +135,7 @@ async def test_live_run_is_not_taken_for_lost_while_its_lock_is_held(
     async with open_store(sqlite_url) as store:
         await store.mark_running(run_id, utcnow())
     async with Redis.from_url(redis_url) as redis:
-        control = RunControl(redis, stop_ttl_s=60)
+        control = RunControl(redis, stop_ttl_s=60, errors=ERRORS)
         assert await control.acquire(run_id, "someone-alive", 30)
         async with running_worker(settings):
             await asyncio.sleep(2.5)  # longer than WORKER_LOST_S: the sweeper ran several times

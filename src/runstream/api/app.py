@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,11 +15,10 @@ from runstream.api.deps import ApiState
 from runstream.api.errors import install_error_handlers
 from runstream.api.limits import BodyLimit
 from runstream.api.metrics import ResourcesCollector
-from runstream.concurrency import cancel_and_wait, collapse_excgroups
 from runstream.config import Settings
 from runstream.metrics import REGISTRY
 from runstream.resources import open_resources
-from runstream.worker.queue import RunQueue, keep_queue
+from runstream.service import RunService
 
 log = structlog.get_logger(__name__)
 
@@ -31,26 +29,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_resources(settings, role="api") as resources:
-            # A producer only: it never runs tasks, it holds the queue's named connections.
-            queue = RunQueue(
-                settings.redis_url,
-                role="api",
-                instance=settings.instance,
-                queue_name=settings.queue_name,
-            )
             collector = ResourcesCollector(resources)
             REGISTRY.register(collector)
             try:
-                with collapse_excgroups():
-                    async with queue, asyncio.TaskGroup() as tg:
-                        keeper = tg.create_task(keep_queue(queue, settings.redis_idle_s / 2))
-                        state = ApiState(resources=resources, queue=queue)
-                        app.state.api = state  # for operators' tools and tests
-                        log.info("api started", instance=settings.instance)
-                        try:
-                            yield {"api": state}
-                        finally:
-                            await cancel_and_wait(keeper)
+                state = ApiState(resources=resources, runs=RunService(resources))
+                app.state.api = state  # for operators' tools and tests
+                log.info("api started", instance=settings.instance)
+                yield {"api": state}
             finally:
                 REGISTRY.unregister(collector)
         log.info("api stopped", instance=settings.instance)

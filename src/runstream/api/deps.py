@@ -11,15 +11,15 @@ from fastapi import Depends, Header, Query, Request
 from runstream.api.auth import bearer_token, principal_for
 from runstream.api.errors import not_found
 from runstream.resources import Resources
-from runstream.worker.queue import RunQueue
+from runstream.service import RunService
 
 
 @dataclass(frozen=True, slots=True)
 class ApiState:
-    """What the lifespan opened for the API process."""
+    """What the lifespan opened for the API process, and the run service over it."""
 
     resources: Resources
-    queue: RunQueue
+    runs: RunService
 
 
 def get_state(request: Request) -> ApiState:

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from runstream.errors import BackendUnavailable, TooManyConnections
+from runstream.errors import BackendUnavailable, RunFinished, RunNotFound, TooManyConnections
 
 log = structlog.get_logger(__name__)
 
@@ -86,9 +86,21 @@ async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, code, str(exc), {"Retry-After": "1"})
 
 
+async def _run_not_found(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RunNotFound)
+    return error_response(404, "not_found", "run not found")
+
+
+async def _run_finished(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RunFinished)
+    return error_response(409, "run_finished", str(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the API can raise to the one error shape."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RunNotFound, _run_not_found)
+    app.add_exception_handler(RunFinished, _run_finished)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BackendUnavailable, _backend_error)

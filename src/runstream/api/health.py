@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from runstream.api.deps import State
+from runstream.errors import BackendUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -18,16 +19,16 @@ async def healthz(state: State) -> JSONResponse:
     res = state.resources
     checks: dict[str, Any] = {}
     try:
-        await res.redis.ping()
+        await res.ping_redis()
         checks["redis"] = "ok"
-    except Exception as exc:
+    except BackendUnavailable as exc:
         checks["redis"] = f"down: {exc}"
     hub = res.hub.stats()
     checks["pubsub"] = "ok" if hub.connected else "down: reconnecting or watchdog unanswered"
     try:
         await res.store.ping()
         checks["database"] = "ok"
-    except Exception as exc:
+    except BackendUnavailable as exc:
         checks["database"] = f"down: {exc}"
     healthy = all(value == "ok" for value in checks.values())
     return JSONResponse(

@@ -1,4 +1,4 @@
-"""``/runs``: start, read, list and stop runs."""
+"""``/runs``: start, read, list and stop runs: HTTP in and out, the rest is ``service``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-import structlog
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from runstream.api.deps import Principal, RunId, State
-from runstream.api.errors import ApiError, not_found
-from runstream.errors import AgentError, BackendUnavailable
-from runstream.models import Run, RunStatus, status_event, utcnow
-from runstream.streams.connection import redis_errors
-from runstream.worker.queue import enqueue_run
+from runstream.api.errors import ApiError
+from runstream.errors import AgentError
+from runstream.models import Run, RunStatus
 
-log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
@@ -44,42 +40,29 @@ async def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> dict[str, Any]:
     """Queue a run of ``agent``; the same ``Idempotency-Key`` returns the same run (200)."""
-    res = state.resources
     try:
-        agent_input = res.agents.validate_input(body.agent, body.input)
+        run, created = await state.runs.create(
+            principal=principal,
+            agent=body.agent,
+            input=body.input,
+            thread_id=body.thread_id,
+            metadata=body.metadata or {},
+            idempotency_key=idempotency_key,
+        )
     except AgentError as exc:
-        code = "unknown_agent" if body.agent not in res.agents else "invalid_input"
+        code = "unknown_agent" if body.agent not in state.resources.agents else "invalid_input"
         raise ApiError(422, code, str(exc)) from None
-    run, created = await res.store.create_run(
-        run_id=str(uuid.uuid4()),
-        principal=principal,
-        agent=body.agent,
-        input=agent_input,
-        thread_id=body.thread_id,
-        metadata=body.metadata or {},
-        idempotency_key=idempotency_key,
-        created_at=utcnow(),
-    )
     response.headers["Location"] = f"/runs/{run.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-        return run.to_public()
-    try:
-        with redis_errors(role=res.role, instance=res.settings.instance):
-            await enqueue_run(state.queue, run.id)
-    except BackendUnavailable:
-        # No run may stay queued that no worker will ever see.
-        await res.store.delete_run(run.id)
-        raise
-    log.info("run queued", run_id=run.id, agent=run.agent, principal=principal)
     return run.to_public()
 
 
 @router.get("/{run_id}")
 async def get_run(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """The run, with ``last_seq`` read live from its log while it is going on."""
-    run = await _owned_run(state, run_id, principal)
-    return run.to_public(await _live_last_seq(state, run))
+    run = await state.runs.get(run_id, principal)
+    return run.to_public(await state.runs.live_last_seq(run))
 
 
 @router.get("")
@@ -92,7 +75,7 @@ async def list_runs(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     """The caller's runs, newest first; ``next`` is the cursor of the following page."""
-    runs = await state.resources.store.list_runs(
+    runs = await state.runs.list(
         principal,
         status=status_filter,
         thread_id=thread_id,
@@ -109,38 +92,8 @@ async def list_runs(
 @router.post("/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)
 async def stop_run(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """Stop the run: at once when still queued, else through its worker (202)."""
-    res = state.resources
-    run = await _owned_run(state, run_id, principal)
-    if run.status.is_final:
-        raise ApiError(409, "run_finished", f"run already {run.status.value}")
-    with redis_errors(role=res.role, instance=res.settings.instance):
-        await res.control.request_stop(run_id)  # durable first: a worker may start it now
-        stopped = await res.store.stop_queued(run_id, utcnow())
-        if stopped is not None:
-            # It never started, so nothing else writes its log: this is its only event.
-            final = status_event(RunStatus.STOPPED, 1, stopped.completed_at or utcnow())
-            await res.log.append(run_id, [final])
-            await res.store.archive_events(run_id, [final])
-            run = stopped
-    log.info("stop requested", run_id=run_id, principal=principal)
-    refreshed = await res.store.get_run(run_id) or run
-    return refreshed.to_public()
-
-
-async def _owned_run(state: State, run_id: str, principal: str) -> Run:
-    run = await state.resources.store.get_run(run_id, principal)
-    if run is None:
-        raise not_found()
-    return run
-
-
-async def _live_last_seq(state: State, run: Run) -> int | None:
-    if run.status.is_final:
-        return None
-    try:
-        return await state.resources.log.last_seq(run.id)
-    except Exception:  # a read for display only: the record's value will do
-        return None
+    run = await state.runs.stop(run_id, principal)
+    return run.to_public()
 
 
 def encode_cursor(run: Run) -> str:

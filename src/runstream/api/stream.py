@@ -14,15 +14,13 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query
-from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from runstream.api.deps import RunId, State, StreamPrincipal
-from runstream.api.errors import ApiError, not_found
+from runstream.api.errors import ApiError
 from runstream.errors import BackendUnavailable
 from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
 from runstream.resources import Resources
-from runstream.streams.connection import redis_errors
 from runstream.streams.follow import follow
 
 log = structlog.get_logger(__name__)
@@ -40,14 +38,12 @@ async def stream_run(
     """Replay the run's events after the cursor, then follow it live until it ends."""
     res = state.resources
     cursor = _cursor(last_event_id, after)
-    if await res.store.get_run(run_id, principal) is None:
-        raise not_found()
+    await state.runs.get(run_id, principal)  # RunNotFound: 404
     if not res.hub.healthy:
         raise BackendUnavailable("live delivery is down (pub/sub reconnecting); retry shortly")
     # One round trip before the 200: a Redis that refuses us now gets a 503, not a stream
     # that opens and closes empty.
-    with redis_errors(role=res.role, instance=res.settings.instance):
-        await res.log.exists(run_id)
+    await res.log.exists(run_id)
     heartbeat = res.settings.heartbeat_s
     return EventSourceResponse(
         _events(res, run_id, cursor),
@@ -80,7 +76,7 @@ async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[Serv
             async for event in it:
                 yield ServerSentEvent(data=event.data.decode(), event=event.type, id=str(event.seq))
                 delivered.inc()
-    except (BackendUnavailable, RedisError, OSError) as exc:
+    except BackendUnavailable as exc:
         # The headers are gone already: end the stream; the client resumes from its id.
         log.warning("stream ended early", run_id=run_id, error=str(exc))
     finally:

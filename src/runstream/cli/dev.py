@@ -15,19 +15,18 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from runstream.api.app import create_app
-from runstream.cli.api_client import DEFAULT_API_URL
 from runstream.cli.embedded_redis import embedded_redis
 from runstream.cli.server import build_server, check_bind, serve
 from runstream.cli.signals import Interrupts, handle_signals
 from runstream.cli.worker import still_winding_down
-from runstream.config import load_settings
+from runstream.client.http import DEFAULT_API_URL
+from runstream.config import load_settings, redact_url
 from runstream.worker.process import run_worker
 
 if TYPE_CHECKING:
@@ -131,8 +130,8 @@ def print_banner(console: Console, url: str, settings: Settings, redis: DevRedis
     table.add_column(style="bold")
     table.add_column()
     table.add_row("API", url)
-    table.add_row("Redis", redact(redis.url) + redis_note)
-    table.add_row("Database", redact(settings.database_url))
+    table.add_row("Redis", redact_url(redis.url) + redis_note)
+    table.add_row("Database", redact_url(settings.database_url))
     example = 'runstream run echo --input \'{"text": "hello world"}\''
     if url != DEFAULT_API_URL:
         example += f" --api {url}"
@@ -148,16 +147,3 @@ def api_url(host: str, port: int) -> str:
     """The URL a client uses for an API bound to ``host:port``."""
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}"
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit to print."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -14,10 +14,13 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import orjson
 from httpx_sse import SSEError, aconnect_sse
 
-from runstream.cli.api_client import (
+from runstream.cli.signals import Interrupts, handle_signals
+from runstream.cli.tasks import single_error, until_set
+from runstream.client.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, ClientError, Interrupted
+from runstream.client.events import StreamEvent, parse_event
+from runstream.client.http import (
     ApiError,
     ApiUnreachable,
     api_error,
@@ -26,15 +29,9 @@ from runstream.cli.api_client import (
     stop_run,
     transport_errors,
 )
-from runstream.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, CliError, Interrupted
-from runstream.cli.output import StreamEvent
-from runstream.cli.signals import Interrupts, handle_signals
-from runstream.cli.tasks import single_error, until_set
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
-
-    from httpx_sse import ServerSentEvent
 
     from runstream.cli.output import EventPrinter
 
@@ -59,7 +56,7 @@ async def start_and_follow(
 ) -> int:
     """Start a run of ``agent``, print its events until it ends; the exit code.
 
-    0 completed, 1 failed, 3 stopped; CliError for anything that kept it from ending
+    0 completed, 1 failed, 3 stopped; ClientError for anything that kept it from ending
     (the exit code is in the error), Interrupted on a second Ctrl-C.
     """
     stop_asked, leave = asyncio.Event(), asyncio.Event()
@@ -101,7 +98,7 @@ async def _stop_when_asked(
     except ApiError as exc:
         if exc.status != 409:  # 409: it ended meanwhile, its terminal event is on its way
             printer.note(f"could not stop the run: {exc}", style="red")
-    except CliError as exc:
+    except ClientError as exc:
         # The follower reconnects and reports if the API is really gone.
         printer.note(f"could not stop the run: {exc}", style="red")
 
@@ -110,7 +107,7 @@ def _outcome(run_id: str, terminal: StreamEvent, printer: EventPrinter) -> int:
     status = str(terminal.data.get("status"))
     if status == "failed":
         error = terminal.data.get("error") or "no error message"
-        raise CliError(f"run {run_id} failed: {error}", EXIT_FAILED)
+        raise ClientError(f"run {run_id} failed: {error}", EXIT_FAILED)
     printer.note(f"run {run_id} {status}")
     return _EXIT_CODES.get(status, EXIT_FAILED)
 
@@ -135,7 +132,7 @@ class Follower:
         """The last ``seq`` printed: where a reconnection resumes."""
 
     async def run(self) -> StreamEvent:
-        """Follow to the terminal event and return it; CliError when the stream is lost."""
+        """Follow to the terminal event and return it; ClientError when the stream is lost."""
         failures = 0
         while True:
             before = self.cursor
@@ -146,7 +143,7 @@ class Follower:
             # Progress since the last attempt means the connection worked: count afresh.
             failures = 1 if self.cursor > before else failures + 1
             if failures > self._max_reconnects:
-                raise CliError(
+                raise ClientError(
                     f"lost the stream of run {self._run_id} after {self._max_reconnects} "
                     f"reconnection attempts: {reason}"
                 )
@@ -197,15 +194,3 @@ def _is_transient(exc: ApiUnreachable | ApiError) -> bool:
     if isinstance(exc, ApiError):
         return exc.status >= 500
     return True
-
-
-def parse_event(sse: ServerSentEvent) -> StreamEvent:
-    """A :class:`StreamEvent` from an SSE message, or CliError if it is not runstream's."""
-    try:
-        seq = int(sse.id)
-        data = orjson.loads(sse.data)
-    except (TypeError, ValueError, orjson.JSONDecodeError):
-        raise CliError(f"the API sent an event that is not runstream's: {sse!r}") from None
-    if not isinstance(data, dict):
-        raise CliError(f"the API sent an event that is not a JSON object: {sse.data[:200]}")
-    return StreamEvent(seq=seq, type=sse.event or str(data.get("type", "message")), data=data)

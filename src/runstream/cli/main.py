@@ -17,11 +17,12 @@ import orjson
 import structlog
 import typer
 
-from runstream.cli.api_client import DEFAULT_API_URL, ApiUrlOption, TokenOption
-from runstream.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from runstream.cli.options import ApiUrlOption, TokenOption
 from runstream.cli.soak import soak
+from runstream.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError
+from runstream.client.http import DEFAULT_API_URL
 from runstream.config import load_settings
-from runstream.errors import ConfigError, RunstreamError
+from runstream.errors import ConfigError, RunstreamError, describe
 from runstream.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
@@ -164,13 +165,13 @@ app.command()(soak)  # declared in runstream.cli.soak, with its options
 
 
 def parse_input(text: str) -> dict[str, Any]:
-    """The ``--input`` JSON object, or CliError (exit 2) saying what is wrong with it."""
+    """The ``--input`` JSON object, or ClientError (exit 2) saying what is wrong with it."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise CliError(f"--input is not valid JSON: {exc}", EXIT_USAGE) from None
+        raise ClientError(f"--input is not valid JSON: {exc}", EXIT_USAGE) from None
     if not isinstance(value, dict):
-        raise CliError('--input must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
+        raise ClientError('--input must be a JSON object, e.g. \'{"text": "hi"}\'', EXIT_USAGE)
     return value
 
 
@@ -191,7 +192,7 @@ def reported_errors() -> Iterator[None]:
         yield
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    except CliError as exc:
+    except ClientError as exc:
         fail(str(exc), exc.exit_code)
     except RunstreamError as exc:
         fail(str(exc), 1)
@@ -205,14 +206,6 @@ def reported_errors() -> Iterator[None]:
         # the log, where operators collect it, and the terminal still ends with one line.
         log.error("command failed", exc_info=exc)
         fail(f"{describe(exc)} (traceback in the log above)", 1)
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` of an error, of the first one inside an exception group."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -6,14 +6,13 @@ id, reconnections, the outcome) goes to stderr.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from rich.console import Console
 from rich.text import Text
 
-FINAL_STATUSES: Final = frozenset({"completed", "failed", "stopped"})
+from runstream.client.events import StreamEvent
 
 # seq, type and ts are shown (or implied) by the line itself, not repeated in its JSON.
 _SHOWN_APART: Final = frozenset({"seq", "type", "ts"})
@@ -24,20 +23,6 @@ _STATUS_STYLES: Final = {
     "failed": "bold red",
     "stopped": "bold yellow",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One event of a run's stream: its ``seq`` (the SSE id), ``type`` and JSON body."""
-
-    seq: int
-    type: str
-    data: dict[str, Any]
-
-    @property
-    def is_terminal(self) -> bool:
-        """True for the run's last event, the final ``status``."""
-        return self.type == "status" and self.data.get("status") in FINAL_STATUSES
 
 
 def consoles() -> tuple[Console, Console]:

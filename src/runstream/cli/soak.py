@@ -14,17 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-from runstream.cli.api_client import DEFAULT_API_URL, ApiUrlOption, TokenOption
-from runstream.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
+from runstream.cli.options import ApiUrlOption, TokenOption
+from runstream.client.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ClientError
+from runstream.client.http import DEFAULT_API_URL
+from runstream.soak.mix import DEFAULT_MIX
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from runstream.soak.runner import SoakResult, SoakSettings
-
-DEFAULT_MIX: Final = "disconnect=0.3,stop=0.15,fail=0.15,pubsub_kill=0.05"
-"""Kept equal to :data:`runstream.soak.mix.DEFAULT_MIX` (a test checks it) without
-importing the soak package before the command runs."""
 
 MIN_SAMPLE_INTERVAL_S: Final = 0.05
 _REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -126,10 +124,12 @@ def soak_settings(
     out: Path,
     run_timeout: float = 60.0,
 ) -> SoakSettings:
-    """Check the options; CliError (exit 2, one line) naming the first one that is wrong."""
+    """Check the options; ClientError (exit 2, one line) naming the first one that is wrong."""
+    from runstream.soak.chart import check_plotting
     from runstream.soak.mix import parse_mix
     from runstream.soak.runner import SoakSettings
 
+    check_plotting()
     if not redis_url:
         raise usage(
             "--redis-url (or RUNSTREAM_REDIS_URL) is required: the soak samples "
@@ -173,9 +173,9 @@ def soak_settings(
     )
 
 
-def usage(message: str) -> CliError:
+def usage(message: str) -> ClientError:
     """A bad option: one line, exit 2, nothing started."""
-    return CliError(message, EXIT_USAGE)
+    return ClientError(message, EXIT_USAGE)
 
 
 async def _soak(settings: SoakSettings, console: Console) -> SoakResult:

@@ -6,7 +6,7 @@ import asyncio
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runstream.cli.errors import Interrupted
+from runstream.client.errors import Interrupted
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -36,7 +36,7 @@ def single_error() -> Iterator[None]:
     """Re-raise a TaskGroup's lone error as itself, so callers can ``except`` it.
 
     A TaskGroup wraps every error in an ExceptionGroup, even a single one; a command
-    wants to handle a CliError as a CliError. Groups of several errors pass unchanged.
+    wants to handle a ClientError as a ClientError. Groups of several errors pass unchanged.
     """
     try:
         yield

@@ -7,10 +7,10 @@ needed and no process-wide figure state is touched.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING, Final
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from runstream.client.errors import EXIT_USAGE, ClientError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,12 +19,26 @@ if TYPE_CHECKING:
     from runstream.soak.state import SoakState
 
 CHART_NAME: Final = "connections.png"
+EXTRA_HINT: Final = "pip install 'runstream[soak]'"
+
+
+def check_plotting() -> None:
+    """Fail at once (exit 2, one line) when the plotting library is not installed: it is
+    an optional extra, so that servers do not carry it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ClientError(
+            f"runstream soak draws its chart with matplotlib, which is not installed: {EXTRA_HINT}",
+            EXIT_USAGE,
+        )
 
 
 def write_chart(
     path: Path, samples: list[Sample], baseline: Sample, state: SoakState, title: str
 ) -> Path:
     """Draw the chart into ``path`` (a PNG) and return it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(11, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)  # attaches itself to the figure: savefig renders with Agg
     axes = figure.add_subplot()

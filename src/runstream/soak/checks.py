@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runstream.cli.output import StreamEvent
+    from runstream.client.events import StreamEvent
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from runstream.cli.errors import EXIT_USAGE, CliError
+from runstream.client.errors import EXIT_USAGE, ClientError
+from runstream.config import redact_url
 from runstream.streams.keys import PREFIX, client_name
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class Admin:
 async def open_admin(redis_url: str) -> AsyncIterator[Admin]:
     """Connect the soak's admin connection to ``redis_url``; closed when the block exits.
 
-    CliError when the URL is malformed (exit 2) or the server does not answer (exit 1).
+    ClientError when the URL is malformed (exit 2) or the server does not answer (exit 1).
     """
     name = client_name("cli", secrets.token_hex(4), "soak")
     try:
@@ -130,7 +131,7 @@ async def open_admin(redis_url: str) -> AsyncIterator[Admin]:
             socket_connect_timeout=ADMIN_TIMEOUT_S,
         )
     except ValueError as exc:
-        raise CliError(f"--redis-url: {exc}", EXIT_USAGE) from None
+        raise ClientError(f"--redis-url: {exc}", EXIT_USAGE) from None
     async with AsyncExitStack() as stack:
         # Owned from here, whether connecting works or not: the client's pool is closed.
         stack.push_async_callback(client.aclose)
@@ -139,19 +140,11 @@ async def open_admin(redis_url: str) -> AsyncIterator[Admin]:
                 await client.initialize()  # takes the single connection and names it
                 await client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise CliError(
-                f"cannot reach Redis at {redacted_url(redis_url)}: {exc or type(exc).__name__} "
+            raise ClientError(
+                f"cannot reach Redis at {redact_url(redis_url)}: {exc or type(exc).__name__} "
                 "(pass --redis-url or set RUNSTREAM_REDIS_URL)"
             ) from None
         yield Admin(client, name)
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its credentials, fit for a message or a report."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 class Sampler:

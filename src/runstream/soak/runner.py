@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from runstream.cli.api_client import (
+from runstream.client.errors import ClientError
+from runstream.client.http import (
     REQUEST_TIMEOUT_S,
     STREAM_READ_TIMEOUT_S,
     api_error,
     transport_errors,
 )
-from runstream.cli.errors import CliError
 from runstream.concurrency import cancel_and_wait, collapse_excgroups
+from runstream.config import redact_url
 from runstream.soak.chart import CHART_NAME, write_chart
-from runstream.soak.connections import Sample, Sampler, open_admin, redacted_url
+from runstream.soak.connections import Sample, Sampler, open_admin
 from runstream.soak.driver import drive
 from runstream.soak.progress import Display
 from runstream.soak.report import Verdict, build_report, judge, write_report
@@ -70,7 +71,7 @@ class SoakSettings:
         """The settings as the report records them (no token, no Redis password)."""
         return {
             "api_url": self.api_url,
-            "redis_url": redacted_url(self.redis_url),
+            "redis_url": redact_url(self.redis_url),
             "duration_s": self.duration,
             "concurrency": self.concurrency,
             "mix": {s.value: round(f, 6) for s, f in self.mix.fractions.items()},
@@ -94,7 +95,7 @@ class SoakResult:
 async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event) -> SoakResult:
     """Run the soak against the system and write its report; ``stop`` ends the load early.
 
-    CliError (exit 2 or 1) when the soak cannot start: a malformed URL, Redis or the API
+    ClientError (exit 2 or 1) when the soak cannot start: a malformed URL, Redis or the API
     unreachable, no CLIENT LIST sample. What the system does under load is never an
     exception here: it is the verdict.
     """
@@ -122,7 +123,7 @@ async def run_soak(settings: SoakSettings, console: Console, stop: asyncio.Event
             started=started,
             run_timeout=settings.run_timeout,
         )
-        with collapse_excgroups():  # a CliError of the body comes out as itself
+        with collapse_excgroups():  # a ClientError of the body comes out as itself
             async with asyncio.TaskGroup() as tg:
                 sampling = tg.create_task(sampler.run(), name="runstream-soak-sampler")
                 showing = tg.create_task(display.run(), name="runstream-soak-display")
@@ -197,12 +198,12 @@ async def open_api(
 
 
 async def check_api(client: httpx.AsyncClient) -> None:
-    """``GET /healthz`` must answer 200 before any load; CliError otherwise."""
+    """``GET /healthz`` must answer 200 before any load; ClientError otherwise."""
     with transport_errors(client):
         response = await client.get("/healthz")
     if response.status_code != 200:
         url = str(client.base_url).rstrip("/")
-        raise CliError(f"the API at {url} is not healthy: {api_error(response)}")
+        raise ClientError(f"the API at {url} is not healthy: {api_error(response)}")
 
 
 async def take_baseline(sampler: Sampler) -> Sample:
@@ -222,7 +223,7 @@ async def take_baseline(sampler: Sampler) -> Sample:
     except TimeoutError:
         if previous is not None:
             return previous
-        raise CliError(
+        raise ClientError(
             f"could not sample CLIENT LIST within {BASELINE_TIMEOUT_S:g} s: "
             f"{sampler.last_failure or 'no answer'}"
         ) from None

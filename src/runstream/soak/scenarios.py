@@ -26,16 +26,10 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from redis.exceptions import RedisError
 
-from runstream.cli.api_client import (
-    ApiError,
-    api_error,
-    create_run,
-    stop_run,
-    transport_errors,
-)
-from runstream.cli.errors import CliError
-from runstream.cli.follow import parse_event
-from runstream.cli.main import describe
+from runstream.client.errors import ClientError
+from runstream.client.events import parse_event
+from runstream.client.http import ApiError, api_error, create_run, stop_run, transport_errors
+from runstream.errors import describe
 from runstream.soak.checks import RunCheck
 from runstream.soak.mix import Scenario
 from runstream.soak.state import Problem, SoakState, Tally
@@ -379,7 +373,7 @@ async def play(ctx: Context, scenario: Scenario, rng: random.Random) -> None:
     except StreamLost as exc:
         assert it.check is not None
         it.check.losses.append(f"no terminal event: {exc}")
-    except (Unexpected, CliError) as exc:
+    except (Unexpected, ClientError) as exc:
         error = str(exc)
     except Exception as exc:
         # Not a known outcome (a bug here or a malformed answer): still a finding about
@@ -414,7 +408,7 @@ async def _run_state(ctx: Context, check: RunCheck) -> str:
                 response = await ctx.client.get(f"/runs/{check.run_id}")
         run = response.json()
         return f"{had}; the run is {run['status']} with last_seq {run['last_seq']}"
-    except (CliError, TimeoutError, ValueError, KeyError, TypeError):
+    except (ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return had
 
 
@@ -424,5 +418,5 @@ async def _abandon(ctx: Context, run_id: str) -> None:
     try:
         async with asyncio.timeout(2.0):
             await stop_run(ctx.client, run_id)
-    except (CliError, TimeoutError):
+    except (ClientError, TimeoutError):
         pass

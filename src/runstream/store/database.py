@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,8 +12,15 @@ from sqlalchemy import event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from runstream.concurrency import finish_shielded
 from runstream.errors import BackendUnavailable
-from runstream.store.repository import RunStore, create_schema, database_errors
+from runstream.store.repository import (
+    RunStore,
+    configure_sqlite_connection,
+    create_schema,
+    database_errors,
+    use_wal,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -28,26 +36,34 @@ POOL_TIMEOUT_S = 10.0
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
+DISPOSE_TIMEOUT_S = 10.0
+"""The most closing every pooled connection may take at exit."""
+
 
 @asynccontextmanager
-async def open_store(database_url: str) -> AsyncIterator[RunStore]:
+async def open_store(
+    database_url: str, *, role: str = "unknown", instance: str = "unknown"
+) -> AsyncIterator[RunStore]:
     """Connect to ``database_url``, create missing tables, and yield a RunStore.
 
     ``database_url`` is ``sqlite+aiosqlite://...`` or ``postgresql+asyncpg://...``. Every
     pooled connection is closed on exit, on success, error and cancellation alike.
-    Raises BackendUnavailable when the database cannot be reached.
+    Raises BackendUnavailable when the database cannot be reached. ``role`` and
+    ``instance`` name the process in a TooManyConnections.
     """
     engine = build_engine(database_url)
     try:
-        with database_errors():
+        with database_errors(role=role, instance=instance):
             if engine.dialect.name == "sqlite":
                 _check_sqlite_directory(engine.url)
                 await _use_wal(engine)
             async with engine.begin() as connection:
                 await create_schema(connection)
-        yield RunStore(async_sessionmaker(engine, expire_on_commit=False))
+        yield RunStore(
+            async_sessionmaker(engine, expire_on_commit=False), role=role, instance=instance
+        )
     finally:
-        await _dispose(engine)
+        await finish_shielded(engine.dispose(), within_s=DISPOSE_TIMEOUT_S)
 
 
 def build_engine(database_url: str) -> AsyncEngine:
@@ -84,7 +100,8 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
         engine = create_async_engine(
             url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_S
         )
-    event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    busy = functools.partial(configure_sqlite_connection, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
+    event.listen(engine.sync_engine, "connect", busy)
     return engine
 
 
@@ -116,31 +133,9 @@ async def _use_wal(engine: AsyncEngine) -> None:
     while True:
         try:
             async with engine.connect() as connection:
-                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                await use_wal(connection)
             return
         except OperationalError as error:
             if "locked" not in str(error) or loop.time() > deadline:
                 raise
             await asyncio.sleep(0.02)
-
-
-def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        # Writers queue for the lock instead of failing at once with "database is locked".
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        # SQLite ignores foreign keys (and so ON DELETE CASCADE) unless asked, per connection.
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
-
-
-async def _dispose(engine: AsyncEngine) -> None:
-    # Shielded so a cancelled owner still closes every connection; if the cancellation
-    # arrives meanwhile, wait for the close to finish (no orphan task), then re-raise.
-    disposal = asyncio.ensure_future(engine.dispose())
-    try:
-        await asyncio.shield(disposal)
-    except asyncio.CancelledError:
-        await disposal
-        raise

@@ -18,7 +18,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from runstream.errors import BackendUnavailable, TooManyConnections
+from runstream.budget import budget_exhausted
+from runstream.errors import BackendUnavailable
 from runstream.models import Event, Run, RunStatus
 from runstream.store.tables import EventRow, RunRow, metadata
 
@@ -42,20 +43,31 @@ _TOO_MANY_CLIENTS = "53300"
 
 
 @contextmanager
-def database_errors() -> Iterator[None]:
+def database_errors(*, role: str = "unknown", instance: str = "unknown") -> Iterator[None]:
     """Turn connection-level database errors into BackendUnavailable.
 
     The pool running dry and the server refusing more clients become its subclass
-    TooManyConnections. Anything else (an IntegrityError, a bug) passes unchanged.
+    TooManyConnections (logged and counted for ``role`` and ``instance``). Anything else
+    (an IntegrityError, a bug) passes unchanged.
     """
     try:
         yield
     except exc.TimeoutError as error:  # the pool had no free connection within pool_timeout
-        raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
+        raise budget_exhausted(
+            f"database unavailable: {_first_line(error)}",
+            role=role,
+            instance=instance,
+            backend="database",
+        ) from error
     except (*_UNAVAILABLE, exc.DBAPIError) as error:  # DBAPIError: see _UNAVAILABLE_SQLSTATES
         sqlstate = _sqlstate(error)
         if sqlstate == _TOO_MANY_CLIENTS:
-            raise TooManyConnections(f"database unavailable: {_first_line(error)}") from error
+            raise budget_exhausted(
+                f"database unavailable: {_first_line(error)}",
+                role=role,
+                instance=instance,
+                backend="database",
+            ) from error
         if (
             isinstance(error, _UNAVAILABLE)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
@@ -78,6 +90,24 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def configure_sqlite_connection(
+    dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
+) -> None:
+    """Per SQLite connection: writers queue for the lock (instead of failing at once with
+    "database is locked"), and foreign keys (so ON DELETE CASCADE) are enforced."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+async def use_wal(connection: AsyncConnection) -> None:
+    """Switch a SQLite file to WAL, so readers never block the writer."""
+    await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
 async def create_schema(connection: AsyncConnection) -> None:
     """Create the tables if missing, safe when several processes start at once.
 
@@ -97,8 +127,16 @@ async def create_schema(connection: AsyncConnection) -> None:
 class RunStore:
     """Run records and archived events, over an async SQLAlchemy sessionmaker."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        role: str = "unknown",
+        instance: str = "unknown",
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self._role = role
+        self._instance = instance
 
     @property
     def engine(self) -> AsyncEngine:
@@ -110,7 +148,7 @@ class RunStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        with database_errors():
+        with database_errors(role=self._role, instance=self._instance):
             async with self._sessionmaker() as session, session.begin():
                 yield session
 
@@ -312,14 +350,11 @@ class RunStore:
         self,
         status: RunStatus,
         *,
-        started_before: datetime | None = None,
         created_before: datetime | None = None,
         limit: int = 500,
     ) -> list[Run]:
-        """Runs in ``status``, oldest first, optionally only those started/created before a time."""
+        """Runs in ``status``, oldest first, optionally only those created before a time."""
         query = select(RunRow).where(RunRow.status == status.value)
-        if started_before is not None:
-            query = query.where(RunRow.started_at < _to_utc(started_before))
         if created_before is not None:
             query = query.where(RunRow.created_at < _to_utc(created_before))
         query = query.order_by(RunRow.created_at, RunRow.id).limit(limit)

@@ -1,8 +1,8 @@
 """Command connections to Redis: one bounded, named, blocking pool per process.
 
-Also the one place where redis-py's connection errors become runstream's
-(:func:`redis_errors`), so "Too many connections" is recognised and named wherever it
-happens, whichever of its three spellings redis-py uses.
+Also the one place where redis-py's errors become runstream's (:class:`RedisErrors`,
+which every Redis adapter applies to its own calls), so "Too many connections" is
+recognised and named wherever it happens, whichever of its spellings redis-py uses.
 """
 
 from __future__ import annotations
@@ -10,36 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from runstream.concurrency import cancel_and_wait, collapse_excgroups
-from runstream.errors import BackendUnavailable, TooManyConnections
-from runstream.metrics import TOO_MANY_CONNECTIONS
+from runstream.budget import budget_exhausted, is_budget_message
+from runstream.concurrency import finish_shielded, helper_task
+from runstream.errors import BackendUnavailable
 from runstream.streams.keys import client_name
 
 log = structlog.get_logger(__name__)
 
-# Words redis-py and the server use when a connection budget is exhausted: our pool
-# ("No connection available."), a non-blocking pool ("Too many connections") and the
-# server's maxclients ("max number of clients reached").
-_BUDGET_MESSAGES = ("no connection available", "too many connections", "max number of clients")
-
 
 def is_budget_error(exc: BaseException) -> bool:
     """True when ``exc`` says a connection budget (pool or server) is exhausted."""
-    text = str(exc).lower()
-    return isinstance(exc, RedisConnectionError) and any(m in text for m in _BUDGET_MESSAGES)
+    return isinstance(exc, RedisConnectionError) and is_budget_message(str(exc))
 
 
 def small_retry() -> Retry:
@@ -59,6 +53,10 @@ def connection_kwargs(redis_url: str, name: str) -> dict[str, Any]:
         retry=small_retry(),
     )
     return kwargs
+
+
+CLOSE_TIMEOUT_S = 5.0
+"""The most closing a pool may take (its sockets are closed, not drained)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +123,7 @@ async def open_redis(
     """A Redis client over a blocking pool of at most ``max_connections`` named connections.
 
     A caller that finds every connection busy waits up to ``timeout`` seconds, then gets
-    TooManyConnections (through :func:`redis_errors`) instead of a new connection. A
+    TooManyConnections (through :class:`RedisErrors`) instead of a new connection. A
     keeper trims idle connections and keeps one warm, reconnecting it after a restart.
     """
     pool = TrimmingPool(
@@ -136,16 +134,10 @@ async def open_redis(
     )
     client = Redis(connection_pool=pool)
     try:
-        with collapse_excgroups():
-            async with asyncio.TaskGroup() as tg:
-                keeper = tg.create_task(_keep_pool(client, pool), name=f"runstream-pool-{role}")
-                try:
-                    yield client
-                finally:
-                    await cancel_and_wait(keeper)
+        async with helper_task(_keep_pool(client, pool), name=f"runstream-pool-{role}"):
+            yield client
     finally:
-        # Shielded: a second cancellation must not leave sockets open.
-        await asyncio.shield(pool.aclose())
+        await finish_shielded(pool.aclose(), within_s=CLOSE_TIMEOUT_S)
 
 
 async def _keep_pool(client: Redis, pool: TrimmingPool) -> None:
@@ -156,17 +148,34 @@ async def _keep_pool(client: Redis, pool: TrimmingPool) -> None:
         await asyncio.sleep(pool.idle_s / 2)
 
 
-@contextmanager
-def redis_errors(*, role: str, instance: str) -> Iterator[None]:
-    """Translate redis-py's errors into BackendUnavailable / TooManyConnections, and log
-    an exhausted budget as "Too many connections" with the role and instance."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        if is_budget_error(exc):
-            TOO_MANY_CONNECTIONS.labels(role, instance).inc()
-            log.error("Too many connections", role=role, instance=instance, cause=str(exc))
-            raise TooManyConnections(f"Too many connections: {exc}") from exc
-        raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
-    except RedisError as exc:
-        raise BackendUnavailable(f"Redis error: {exc}") from exc
+class RedisErrors:
+    """Translates redis-py's errors into BackendUnavailable / TooManyConnections.
+
+    A reusable, stateless context manager: each adapter keeps one for its process
+    (``with self._errors: ...``), so an exhausted budget is logged and counted with the
+    role and instance wherever it happens.
+    """
+
+    __slots__ = ("instance", "role")
+
+    def __init__(self, *, role: str, instance: str) -> None:
+        self.role = role
+        self.instance = instance
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+            if is_budget_error(exc):
+                raise budget_exhausted(
+                    f"Too many connections: {exc}",
+                    role=self.role,
+                    instance=self.instance,
+                    backend="redis",
+                ) from exc
+            raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+        if isinstance(exc, RedisError):
+            raise BackendUnavailable(f"Redis error: {exc}") from exc

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from runstream.models import Event
 from runstream.streams import keys
+from runstream.streams.connection import RedisErrors
 
 _APPEND = """
 local last = 0
@@ -39,11 +40,15 @@ return added
 
 
 class EventLog:
-    """Appends to and reads from the per-run logs, through the process's command pool."""
+    """Appends to and reads from the per-run logs, through the process's command pool.
 
-    def __init__(self, redis: Redis, *, ttl_s: int) -> None:
+    Every method raises only runstream's errors (BackendUnavailable, TooManyConnections).
+    """
+
+    def __init__(self, redis: Redis, *, ttl_s: int, errors: RedisErrors) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
+        self._errors = errors
         self._append = redis.register_script(_APPEND)
 
     async def append(self, run_id: str, events: Sequence[Event]) -> int:
@@ -53,32 +58,32 @@ class EventLog:
         args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
         for event in events:
             args.extend((event.seq, event.type, event.data))
-        added: int = await self._append(keys=[keys.run_events(run_id)], args=args)
+        with self._errors:
+            added: int = await self._append(keys=[keys.run_events(run_id)], args=args)
         return added
 
     async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:
         """Up to ``limit`` events with ``seq > after``, in order."""
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
-            keys.run_events(run_id), min=f"{after + 1}-0", max="+", count=limit
-        )
+        with self._errors:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
+                keys.run_events(run_id), min=f"{after + 1}-0", max="+", count=limit
+            )
         return [_entry_to_event(entry_id, fields) for entry_id, fields in entries]
 
     async def last_seq(self, run_id: str) -> int | None:
         """The highest ``seq`` in the log, or None when the log does not exist."""
-        tail: list[tuple[bytes, object]] = await self._redis.xrevrange(  # type: ignore[assignment]
-            keys.run_events(run_id), count=1
-        )
+        with self._errors:
+            tail: list[tuple[bytes, object]] = await self._redis.xrevrange(  # type: ignore[assignment]
+                keys.run_events(run_id), count=1
+            )
         if not tail:
             return None
         return _seq_of(tail[0][0])
 
     async def exists(self, run_id: str) -> bool:
         """Whether Redis still holds any of the run's log."""
-        return bool(await self._redis.exists(keys.run_events(run_id)))
-
-    async def expire(self, run_id: str) -> None:
-        """Restart the log's TTL (done once more when the run ends)."""
-        await self._redis.expire(keys.run_events(run_id), self._ttl_s)
+        with self._errors:
+            return bool(await self._redis.exists(keys.run_events(run_id)))
 
 
 def decode_notification(payload: bytes) -> Event:

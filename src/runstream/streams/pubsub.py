@@ -35,9 +35,10 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from runstream.concurrency import cancel_and_wait, collapse_excgroups
-from runstream.errors import SubscribeError
-from runstream.streams.connection import connection_kwargs, is_budget_error
+from runstream.budget import budget_exhausted
+from runstream.concurrency import finish_shielded, helper_task
+from runstream.errors import SubscribeError, describe
+from runstream.streams.connection import CLOSE_TIMEOUT_S, connection_kwargs, is_budget_error
 from runstream.streams.keys import client_name, hub_channel
 
 log = structlog.get_logger(__name__)
@@ -89,7 +90,6 @@ class HubStats:
     channels: int
     subscribers: int
     reconnects: int
-    seconds_since_pong: float | None
 
 
 class PubSubHub:
@@ -160,7 +160,10 @@ class PubSubHub:
                 subs.discard(sub)
                 if not subs:
                     del self._wanted[channel]
-            await asyncio.shield(self._reconcile(channel))
+            try:
+                await finish_shielded(self._reconcile(channel), within_s=self._confirm_timeout)
+            except TimeoutError:
+                self._broken = True  # the reader rebuilds the connection with what is wanted
 
     def stats(self) -> HubStats:
         """Connection state and subscription counts, for /healthz and /metrics."""
@@ -169,9 +172,6 @@ class PubSubHub:
             channels=len(self._wanted),
             subscribers=sum(len(s) for s in self._wanted.values()),
             reconnects=self._reconnects,
-            seconds_since_pong=None
-            if self._last_pong is None
-            else time.monotonic() - self._last_pong,
         )
 
     @property
@@ -279,16 +279,27 @@ class PubSubHub:
                 backoff = 0.05
                 await self._read_until_error()
             except Exception as exc:  # the reader must outlive any failure of Redis
-                if not self._closing:
-                    event = "Too many connections" if is_budget_error(exc) else "pubsub lost"
-                    log.warning(
-                        event,
+                if self._closing:
+                    pass
+                elif is_budget_error(exc):  # logged as "Too many connections" and counted
+                    budget_exhausted(
+                        f"Too many connections: {exc}",
                         role=self._role,
                         instance=self._instance,
-                        error=str(exc) or type(exc).__name__,
+                        backend="pubsub",
+                    )
+                else:
+                    log.warning(
+                        "pubsub lost",
+                        role=self._role,
+                        instance=self._instance,
+                        error=describe(exc),
                     )
             finally:
-                await asyncio.shield(self._disconnect())
+                try:
+                    await finish_shielded(self._disconnect(), within_s=CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    log.error("pubsub close timed out", role=self._role, instance=self._instance)
             if self._closing:
                 break
             await asyncio.sleep(backoff)
@@ -388,18 +399,15 @@ async def open_hub(
         confirm_timeout=confirm_timeout,
     )
     try:
-        with collapse_excgroups():
-            async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(hub._run(), name=f"runstream-pubsub-{role}-{instance}")
-                try:
-                    yield hub
-                finally:
-                    # Cancel, then the TaskGroup awaits it. The _closing flag ends the loop
-                    # even if Python 3.11 loses the cancellation inside redis-py's I/O.
-                    hub._closing = True
-                    await cancel_and_wait(reader)
+        async with helper_task(hub._run(), name=f"runstream-pubsub-{role}-{instance}"):
+            try:
+                yield hub
+            finally:
+                # The flag ends the reader's loop even if Python 3.11 loses the
+                # cancellation inside redis-py's I/O; helper_task then awaits it.
+                hub._closing = True
     finally:
-        await asyncio.shield(hub._close())
+        await finish_shielded(hub._close(), within_s=CLOSE_TIMEOUT_S)
 
 
 async def publish(redis: Redis, channel: str, data: bytes) -> int:

@@ -1,9 +1,10 @@
 """Executing one run: lock, mark running, drive the agent, write every event, finish.
 
-The run's single writer is the worker holding its lock; it alone counts ``seq``. The end
-of every run follows the same order (DESIGN.md "the record leads the stream"): the final
-status goes to the database first, then the terminal status event to the log, then the
-events are archived. Ending happens in a shielded scope, so a cancelled worker still
+The run's single writer is the worker holding its lock; it alone counts ``seq``. Every
+change to the run itself (start, events, the ending and its order) goes through
+:class:`~runstream.service.RunService`; this module owns what happens around the
+agent: the lock and its renewal, the stop signal and the forced stop after the grace.
+Ending is shielded and bounded (``finish_shielded``), so a cancelled worker still
 finishes what it started.
 """
 
@@ -11,38 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import structlog
 
 from runstream.agents.context import RunContext
-from runstream.concurrency import cancel_and_wait, collapse_excgroups
-from runstream.errors import AgentError, BackendUnavailable, RunstreamError
-from runstream.metrics import EVENTS_APPENDED, RUN_OUTCOMES
-from runstream.models import Event, Run, RunStatus, build_event, status_event, utcnow
+from runstream.concurrency import finish_shielded, helper_task
+from runstream.errors import AgentError, BackendUnavailable, RunstreamError, describe
+from runstream.models import Run, RunStatus, build_event, status_event, utcnow
 from runstream.resources import Resources
+from runstream.service import SHUTDOWN_ERROR, EventWriter, Outcome, RunService
 from runstream.streams import keys
-from runstream.streams.connection import redis_errors
 from runstream.streams.pubsub import RESYNC, Message, Subscription
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-SHUTDOWN_ERROR = "worker shut down"
-LOST_ERROR = "worker lost"
-FINISH_TIMEOUT_S = 30.0  # the most a shielded ending may take before it is abandoned
-APPEND_RETRY_S = 30.0  # how long an append waits for Redis to come back
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a run ended."""
-
-    status: RunStatus
-    error: str | None = None
+FINISH_TIMEOUT_S = 30.0
+"""The most a shielded ending may take before it is abandoned to the sweeper."""
+RELEASE_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -60,37 +49,12 @@ class ActiveRun:
             self.ctx.request_stop()
 
 
-class EventWriter:
-    """Appends a run's events with contiguous ``seq``, retrying while Redis is away."""
-
-    def __init__(self, resources: Resources, run_id: str, first_seq: int) -> None:
-        self._res = resources
-        self._run_id = run_id
-        self.next_seq = first_seq
-
-    async def write(self, event: Event) -> None:
-        assert event.seq == self.next_seq, "seq must stay contiguous"
-        deadline = anyio.current_time() + APPEND_RETRY_S
-        delay = 0.05
-        while True:
-            try:
-                with redis_errors(role=self._res.role, instance=self._res.settings.instance):
-                    await self._res.log.append(self._run_id, [event])
-                EVENTS_APPENDED.labels(self._res.role, self._res.settings.instance).inc()
-                break
-            except BackendUnavailable:
-                if anyio.current_time() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        self.next_seq += 1
-
-
 class Executor:
     """Runs agents for the queue's tasks and ends them, whatever happens."""
 
     def __init__(self, resources: Resources) -> None:
         self._res = resources
+        self._runs = RunService(resources)
         self._settings = resources.settings
         self._owner = resources.settings.instance
         self._active: dict[str, ActiveRun] = {}
@@ -113,43 +77,42 @@ class Executor:
     async def execute(self, run_id: str) -> None:
         """Execute ``run_id`` once; a delivery of a run that is not queued is skipped."""
         with structlog.contextvars.bound_contextvars(run_id=run_id, instance=self._owner):
-            run = await self._res.store.get_run(run_id)
+            run = await self._runs.load(run_id)
             if run is None or run.status.is_final:
                 return
             if run.status is RunStatus.RUNNING:
                 await self.end_orphan(run)
                 return
-            with redis_errors(role=self._res.role, instance=self._owner):
-                taken = await self._res.control.acquire(run_id, self._owner, self._lock_ttl_s)
-            if not taken:
-                return  # another worker has it
-            try:
-                async with self._holding_lock(run_id):
+            async with self._locked(run_id) as taken:
+                if taken:  # else another worker has it
                     await self._execute_locked(run)
-            finally:
-                await self._release(run_id)
+
+    async def end_orphan(self, run: Run) -> bool:
+        """End a ``running`` run whose worker is gone; False while its lock is held."""
+        async with self._locked(run.id, keep=False) as taken:
+            if taken:
+                await self._runs.end_orphan(run)
+            return taken
 
     async def _execute_locked(self, run: Run) -> None:
         # Listen for control messages before looking at the stop flag, so a stop that
         # comes in between is heard one way or the other.
         # A SubscribeError leaves the run queued; the queue delivers it again.
         async with self._res.hub.subscribe(keys.run_control(run.id)) as control:
-            started = await self._res.store.mark_running(run.id, utcnow())
+            started = await self._runs.start(run.id)
             if started is None:
                 return  # stopped while queued: its stream already holds its terminal event
             await self._run_started(started, control)
 
     async def _run_started(self, run: Run, control: Subscription) -> None:
-        last = await self._res.log.last_seq(run.id)
-        writer = EventWriter(self._res, run.id, first_seq=(last or run.last_seq) + 1)
+        writer = await self._runs.writer(run)
         active = ActiveRun(RunContext(run.id, run.thread_id, dict(run.metadata)))
         self._active[run.id] = active
         outcome = Outcome(RunStatus.FAILED, "internal error")
         try:
             await writer.write(status_event(RunStatus.RUNNING, writer.next_seq, utcnow()))
-            with redis_errors(role=self._res.role, instance=self._owner):
-                if await self._res.control.stop_requested(run.id):
-                    active.request_stop(None)
+            if await self._runs.stop_requested(run.id):
+                active.request_stop(None)
             outcome = await self._drive(run, active, writer, control)
         except asyncio.CancelledError:
             outcome = Outcome(RunStatus.STOPPED, SHUTDOWN_ERROR)
@@ -171,16 +134,14 @@ class Executor:
         except AgentError as exc:
             return Outcome(RunStatus.FAILED, str(exc))
         events = agent(active.ctx, agent_input)
-        async with asyncio.TaskGroup() as tg:
-            agent_task = tg.create_task(self._consume(events, active, writer))
-            watcher = tg.create_task(self._watch_stop(run.id, active, control, agent_task))
-            try:
+        # Nested, not one `with`: the watcher is given the agent's task.
+        async with helper_task(self._consume(events, active, writer)) as agent_task:  # noqa: SIM117
+            async with helper_task(self._watch_stop(run.id, active, control, agent_task)):
                 await asyncio.wait([agent_task])
-            finally:
-                await cancel_and_wait(watcher)
         if agent_task.cancelled():  # it ignored the stop and was cancelled after the grace
             return Outcome(RunStatus.STOPPED, active.stop_reason)
-        return agent_task.result()
+        outcome: Outcome = agent_task.result()
+        return outcome
 
     async def _consume(
         self, events: AsyncIterator[dict[str, Any]], active: ActiveRun, writer: EventWriter
@@ -193,7 +154,7 @@ class Executor:
         except (AgentError, BackendUnavailable) as exc:
             return Outcome(RunStatus.FAILED, str(exc))
         except Exception as exc:  # the agent's own failure ends its run, not the worker
-            return Outcome(RunStatus.FAILED, _describe(exc))
+            return Outcome(RunStatus.FAILED, describe(exc))
         if active.stopping:
             return Outcome(RunStatus.STOPPED, active.stop_reason)
         return Outcome(RunStatus.COMPLETED)
@@ -217,11 +178,8 @@ class Executor:
                 # The flag is the durable truth; re-read it now and then and after a resync.
                 message = RESYNC if checks % 4 == 0 else None
             if message is RESYNC:
-                with (
-                    contextlib.suppress(BackendUnavailable),
-                    redis_errors(role=self._res.role, instance=self._owner),
-                ):
-                    if await self._res.control.stop_requested(run_id):
+                with contextlib.suppress(BackendUnavailable):
+                    if await self._runs.stop_requested(run_id):
                         active.request_stop(None)
             elif message is not None:
                 active.request_stop(None)
@@ -235,125 +193,56 @@ class Executor:
     # -- ending -----------------------------------------------------------------------
 
     async def _finish_shielded(self, run_id: str, writer: EventWriter, outcome: Outcome) -> None:
-        # Shielded from the anyio scopes streaq runs tasks in, and bounded in time.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
-            try:
-                await self._finish(run_id, writer, outcome, from_statuses=(RunStatus.RUNNING,))
-            except Exception:
-                log.exception("could not finish the run", status=outcome.status.value)
-
-    async def _finish(
-        self,
-        run_id: str,
-        writer: EventWriter,
-        outcome: Outcome,
-        *,
-        from_statuses: tuple[RunStatus, ...],
-    ) -> None:
-        completed_at = utcnow()
-        final = await _retrying(
-            lambda: self._res.store.finish_run(
-                run_id,
-                status=outcome.status,
-                error=outcome.error,
-                last_seq=writer.next_seq,
-                completed_at=completed_at,
-                from_statuses=from_statuses,
-            )
-        )
-        if final is None:
-            return  # someone else ended it (a stop while queued, a sweeper)
-        log.info("run finished", status=outcome.status.value, error=outcome.error)
-        RUN_OUTCOMES.labels(self._res.role, self._owner, outcome.status.value).inc()
-        await writer.write(
-            status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
-        )
-        await _retrying(lambda: self._archive(run_id))
-
-    async def _archive(self, run_id: str) -> None:
-        after = 0
-        while True:
-            with redis_errors(role=self._res.role, instance=self._owner):
-                batch = await self._res.log.read(run_id, after, 500)
-            if not batch:
-                return
-            await self._res.store.archive_events(run_id, batch)
-            after = batch[-1].seq
-
-    async def end_orphan(self, run: Run) -> bool:
-        """End a ``running`` run whose worker is gone as failed ("worker lost")."""
-        if not await self._res.control.acquire(run.id, self._owner, self._lock_ttl_s):
-            return False  # its worker still holds the lock
         try:
-            last = await self._res.log.last_seq(run.id)
-            writer = EventWriter(self._res, run.id, first_seq=max(last or 0, run.last_seq) + 1)
-            log.warning("ending a run whose worker was lost", run_id=run.id)
-            await self._finish(
-                run.id,
-                writer,
-                Outcome(RunStatus.FAILED, LOST_ERROR),
-                from_statuses=(RunStatus.RUNNING,),
+            await finish_shielded(
+                self._runs.finish(run_id, writer, outcome), within_s=FINISH_TIMEOUT_S
             )
-            return True
-        finally:
-            await self._release(run.id)
+        except (RunstreamError, TimeoutError) as exc:
+            # The record stays running: the sweeper ends it "worker lost" once the lock
+            # is gone.
+            log.error("could not finish the run", status=outcome.status.value, error=str(exc))
 
     # -- the lock ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _holding_lock(self, run_id: str) -> AsyncIterator[None]:
-        with collapse_excgroups():
-            async with asyncio.TaskGroup() as tg:
-                keeper = tg.create_task(self._keep_lock(run_id))
-                try:
-                    yield
-                finally:
-                    await cancel_and_wait(keeper)
+    async def _locked(self, run_id: str, *, keep: bool = True) -> AsyncIterator[bool]:
+        """Take the run's lock for the block (renewed while it runs when ``keep``);
+        yields False, holding nothing, when another worker has it."""
+        if not await self._res.control.acquire(run_id, self._owner, self._lock_ttl_s):
+            yield False
+            return
+        try:
+            if keep:
+                async with helper_task(self._keep_lock(run_id), name="runstream-run-lock"):
+                    yield True
+            else:
+                yield True
+        finally:
+            with contextlib.suppress(RunstreamError, TimeoutError):  # the TTL ends it anyway
+                await finish_shielded(
+                    self._res.control.release(run_id, self._owner), within_s=RELEASE_TIMEOUT_S
+                )
 
     async def _keep_lock(self, run_id: str) -> None:
         interval = self._settings.worker_lost_s / 6
         while True:
             await asyncio.sleep(interval)
             try:
-                with redis_errors(role=self._res.role, instance=self._owner):
-                    kept = await self._res.control.renew(run_id, self._owner, self._lock_ttl_s)
+                kept = await self._res.control.renew(run_id, self._owner, self._lock_ttl_s)
             except BackendUnavailable as exc:
                 log.warning("could not renew the run lock", error=str(exc))
                 continue
             if not kept:
                 log.error("run lock taken by another worker")
 
-    async def _release(self, run_id: str) -> None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self._res.control.release(run_id, self._owner)
-
 
 @contextlib.asynccontextmanager
 async def _closing(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[None]:
-    """Close the agent's generator on every exit, so its own ``finally`` runs now."""
+    """Close the agent's iterator on every exit, so its own ``finally`` runs now (an
+    agent may be any async iterator; only generators are sure to have ``aclose``)."""
     try:
         yield
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-async def _retrying(call: Callable[[], Awaitable[T]], within_s: float = APPEND_RETRY_S) -> T:
-    """Call again while the database or Redis is unavailable, for up to ``within_s``."""
-    deadline = anyio.current_time() + within_s
-    delay = 0.05
-    while True:
-        try:
-            return await call()
-        except BackendUnavailable as exc:
-            if anyio.current_time() + delay > deadline:
-                raise
-            log.warning("backend unavailable; retrying", error=str(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,4 +1,4 @@
-"""A worker process: the queue, the executor and the sweeper, under one task group.
+"""A worker process: the queue's consumer, the executor and the sweeper, as helper tasks.
 
 Shutdown (DESIGN.md section 6): when ``shutdown`` is set the worker stops taking runs,
 lets running ones go on for up to ``SHUTDOWN_GRACE_S``, then stops them (``stopped``,
@@ -9,19 +9,19 @@ and returns with every connection released.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import timedelta
 
 import structlog
 
-from runstream.concurrency import cancel_and_wait
+from runstream.concurrency import helper_task
 from runstream.config import Settings
+from runstream.errors import RunstreamError
 from runstream.models import RunStatus, utcnow
 from runstream.resources import Resources, open_resources
-from runstream.worker.executor import SHUTDOWN_ERROR, Executor
-from runstream.worker.queue import RunQueue, enqueue_run
+from runstream.service import SHUTDOWN_ERROR
+from runstream.worker.executor import Executor
 
 log = structlog.get_logger(__name__)
 
@@ -39,16 +39,17 @@ async def run_worker(
         executor = Executor(resources)
         if ready is not None:
             ready(resources, executor)
-        consumer = Consumer(settings, executor)
+        queue = resources.queue
         log.info("worker started", instance=settings.instance)
-        async with asyncio.TaskGroup() as tg:
-            consuming = tg.create_task(consumer.run())
-            sweeper = tg.create_task(Sweeper(resources, executor, consumer).run())
-            waiter = tg.create_task(shutdown.wait())
+        sweeper = Sweeper(resources, executor)
+        async with (
+            helper_task(sweeper.run(), name="runstream-sweeper"),
+            helper_task(queue.consume(executor.execute), name="runstream-consumer") as consuming,
+        ):
             try:
-                await asyncio.wait([waiter, consuming], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                consumer.stop()
+                async with helper_task(shutdown.wait(), name="runstream-shutdown") as waiter:
+                    await asyncio.wait([consuming, waiter], return_when=asyncio.FIRST_COMPLETED)
+                queue.stop()
                 log.info("worker shutting down", running=executor.active_runs)
                 done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
                 if not done:
@@ -57,67 +58,10 @@ async def run_worker(
             except asyncio.CancelledError:
                 # Cancelled from outside: streaq shields running runs, so stop them now
                 # or the cancellation would wait for them to end by themselves.
-                consumer.stop()
+                queue.stop()
                 executor.stop_all(SHUTDOWN_ERROR)
                 raise
-            finally:
-                await cancel_and_wait(sweeper)
         log.info("worker stopped", instance=settings.instance)
-
-
-class Consumer:
-    """Runs the queue's consumer, and a fresh one whenever a Redis failure ends it.
-
-    streaq loads its functions and creates its consumer group only when it starts, so a
-    Redis restart makes its next call fail and its run end. Runs in progress are shielded
-    by streaq and finish first; runs that were queued are brought back by the sweeper.
-    """
-
-    def __init__(self, settings: Settings, executor: Executor) -> None:
-        self._settings = settings
-        self._executor = executor
-        self._stopping = asyncio.Event()
-        self.queue: RunQueue | None = None
-
-    def stop(self) -> None:
-        """Take no more runs; ``run`` returns once the running ones are done."""
-        self._stopping.set()
-        if self.queue is not None:
-            self.queue.stop()
-
-    async def run(self) -> None:
-        backoff = 0.1
-        while not self._stopping.is_set():
-            self.queue = self._new_queue()
-            try:
-                await self.queue.run_async()
-                return
-            except Exception as exc:  # a Redis restart or outage: start again
-                if self._stopping.is_set():
-                    return
-                log.error("queue consumer ended by an error; restarting", error=_summary(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._stopping.wait()
-            backoff = min(backoff * 2, 5.0)
-
-    def _new_queue(self) -> RunQueue:
-        queue = RunQueue(
-            self._settings.redis_url,
-            role="worker",
-            instance=self._settings.instance,
-            queue_name=self._settings.queue_name,
-            concurrency=self._settings.worker_concurrency,
-        )
-        queue.register_executor(self._executor.execute)
-        return queue
-
-
-def _summary(exc: BaseException) -> str:
-    """The innermost message of a (possibly grouped) exception."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Sweeper:
@@ -130,10 +74,9 @@ class Sweeper:
     task still exists, so this only brings back what a Redis restart lost.
     """
 
-    def __init__(self, resources: Resources, executor: Executor, consumer: Consumer) -> None:
+    def __init__(self, resources: Resources, executor: Executor) -> None:
         self._res = resources
         self._executor = executor
-        self._consumer = consumer
         self._lost_s = resources.settings.worker_lost_s
         self._missing_since: dict[str, float] = {}
 
@@ -141,8 +84,10 @@ class Sweeper:
         while True:
             try:
                 await self.sweep()
-            except Exception as exc:  # Redis or the database away: try again next round
-                log.warning("sweep failed", error=str(exc) or type(exc).__name__)
+            except RunstreamError as exc:  # Redis or the database away: next round
+                log.warning("sweep failed", error=str(exc))
+            except Exception:  # a bug must not stop the sweeping of every later round
+                log.exception("sweep failed unexpectedly")
             await asyncio.sleep(self._lost_s / 6)
 
     async def sweep(self) -> None:
@@ -163,8 +108,5 @@ class Sweeper:
         queued = await self._res.store.runs_with_status(
             RunStatus.QUEUED, created_before=utcnow() - timedelta(seconds=self._lost_s)
         )
-        queue = self._consumer.queue
-        if queue is None:
-            return
         for run in queued:
-            await enqueue_run(queue, run.id)
+            await self._res.queue.enqueue(run.id)

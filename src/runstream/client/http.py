@@ -1,15 +1,15 @@
-"""The CLI's HTTP client of the runstream API: one client per command, errors as one line."""
+"""HTTP calls to the runstream API for the CLI and the tools: one client per command,
+errors as one line (:mod:`runstream.client.errors`)."""
 
 from __future__ import annotations
 
 import contextlib
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-import typer
 
-from runstream.cli.errors import CliError
+from runstream.client.errors import ClientError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -23,11 +23,11 @@ every ``HEARTBEAT_S`` (15 s by default), so this is several missed heartbeats.""
 REQUEST_TIMEOUT_S: Final = 30.0
 
 
-class ApiUnreachable(CliError):
+class ApiUnreachable(ClientError):
     """The API could not be reached or did not answer: worth trying again later."""
 
 
-class ApiError(CliError):
+class ApiError(ClientError):
     """The API answered with an error status; ``status`` and ``code`` say which."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -48,7 +48,7 @@ async def open_client(api_url: str, token: str | None) -> AsyncIterator[httpx.As
 async def create_run(
     client: httpx.AsyncClient, agent: str, input: dict[str, Any], thread_id: str | None
 ) -> dict[str, Any]:
-    """``POST /runs``; the run object, or CliError with the API's own message."""
+    """``POST /runs``; the run object, or ClientError with the API's own message."""
     body: dict[str, Any] = {"agent": agent, "input": input}
     if thread_id is not None:
         body["thread_id"] = thread_id
@@ -102,7 +102,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        raise CliError(f"the API answered {response.request.url} with something not JSON")
+        raise ClientError(f"the API answered {response.request.url} with something not JSON")
     return data
 
 
@@ -114,14 +114,3 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
     except (ValueError, AttributeError, KeyError, TypeError):
         text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
         return "http_error", text or response.reason_phrase or "no details"
-
-
-ApiUrlOption = Annotated[
-    str, typer.Option("--api", envvar="RUNSTREAM_API_URL", help="Base URL of the API.")
-]
-"""The ``--api`` option of every command that talks to the API."""
-TokenOption = Annotated[
-    str | None,
-    typer.Option("--token", envvar="RUNSTREAM_TOKEN", help="API key or JWT (Bearer)."),
-]
-"""The ``--token`` option of every command that talks to the API."""

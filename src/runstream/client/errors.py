@@ -1,4 +1,4 @@
-"""What a command reports to its user: one line on stderr and an exit code."""
+"""Errors of talking to a runstream API, each with the exit code a command reports for it."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ EXIT_INTERRUPTED: Final = 130
 """Left at once on a second Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
-class CliError(RunstreamError):
-    """A failure to report as ``runstream: <message>`` with ``exit_code``."""
+class ClientError(RunstreamError):
+    """A failure to report as one line, ``runstream: <message>``, with ``exit_code``."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
-class Interrupted(CliError):
+class Interrupted(ClientError):
     """The user insisted (a second Ctrl-C or SIGTERM): the command gave up waiting."""
 
     def __init__(self, message: str = "interrupted") -> None:

@@ -1,0 +1,268 @@
+"""A run's life, written once: create, read, stop, start, write its events, finish, orphan.
+
+The API and the worker both call :class:`RunService`; neither writes a run's record, its
+events or its archive any other way. The steps, in the order DESIGN.md requires:
+
+- **create**: the record (queued), then the enqueue; when the enqueue fails the record
+  is deleted, so no run stays queued that no worker will ever see.
+- **stop**: the durable flag first (a worker may be starting the run right now), then
+  the control message (in the same call), then, if the run was still queued, its end:
+  it never started, so its stream holds only the terminal event.
+- **finish** (and stop while queued, and an orphan's end): the record final first, then
+  the terminal status event, then the archive (:meth:`RunService._end`, the one place
+  that order is written). "The record leads the stream": a client that saw the terminal
+  event and then reads the run sees the same status.
+
+Every error that leaves this module is one of runstream's (``errors.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from runstream.errors import BackendUnavailable, RunFinished, RunNotFound
+from runstream.metrics import EVENTS_APPENDED, RUN_OUTCOMES
+from runstream.models import Event, Run, RunStatus, status_event, utcnow
+from runstream.resources import Resources
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+SHUTDOWN_ERROR: Final = "worker shut down"
+LOST_ERROR: Final = "worker lost"
+WORKER_RETRY_S: Final = 30.0
+"""How long a worker keeps trying to write an event or an ending while a backend is away."""
+API_RETRY_S: Final = 2.0
+"""How long a request keeps trying before it answers 503 (a client retries itself)."""
+ARCHIVE_PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended."""
+
+    status: RunStatus
+    error: str | None = None
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
+    """``call()``, called again while a backend is unavailable, for up to ``within_s``.
+
+    The last BackendUnavailable is raised when the time is up.
+    """
+    retry = AsyncRetrying(
+        retry=retry_if_exception_type(BackendUnavailable),
+        stop=stop_after_delay(within_s),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+    async def attempt() -> T:
+        # tenacity awaits only what it sees as a coroutine function, never a lambda.
+        return await call()
+
+    return await retry(attempt)
+
+
+def _log_retry(state: Any) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning("backend unavailable; retrying", error=str(error))
+
+
+class EventWriter:
+    """Appends one run's events with contiguous ``seq``, retrying while Redis is away.
+
+    The run's single writer (the worker holding its lock, or whoever ends it) owns one;
+    appends are idempotent by ``seq``, so a retried append never duplicates.
+    """
+
+    def __init__(self, resources: Resources, run_id: str, *, next_seq: int, retry_s: float):
+        self._res = resources
+        self._run_id = run_id
+        self._retry_s = retry_s
+        self.next_seq = next_seq
+
+    async def write(self, event: Event) -> None:
+        """Append ``event``, whose ``seq`` must be :attr:`next_seq`."""
+        if event.seq != self.next_seq:
+            raise ValueError(f"seq must stay contiguous: expected {self.next_seq}, got {event.seq}")
+        await retrying(lambda: self._res.log.append(self._run_id, [event]), within_s=self._retry_s)
+        EVENTS_APPENDED.labels(self._res.role, self._res.settings.instance).inc()
+        self.next_seq += 1
+
+
+class RunService:
+    """Every change to a run goes through here; see the module docstring for the order."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._res = resources
+
+    # -- the API's side ----------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        principal: str,
+        agent: str,
+        input: dict[str, Any],
+        thread_id: str | None,
+        metadata: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> tuple[Run, bool]:
+        """Queue a run; ``(run, False)`` when ``idempotency_key`` names an existing one.
+
+        Raises AgentError for an unknown agent or an input it refuses, BackendUnavailable
+        when the run cannot be recorded or queued (nothing is left queued then).
+        """
+        agent_input = self._res.agents.validate_input(agent, input)
+        run, created = await self._res.store.create_run(
+            run_id=str(uuid.uuid4()),
+            principal=principal,
+            agent=agent,
+            input=agent_input,
+            thread_id=thread_id,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            created_at=utcnow(),
+        )
+        if not created:
+            return run, False
+        try:
+            await self._res.queue.enqueue(run.id)
+        except BackendUnavailable:
+            await self._res.store.delete_run(run.id)  # compensation: nobody would run it
+            raise
+        log.info("run queued", run_id=run.id, agent=run.agent, principal=principal)
+        return run, True
+
+    async def get(self, run_id: str, principal: str) -> Run:
+        """The principal's run; RunNotFound when it does not exist or is another's."""
+        run = await self._res.store.get_run(run_id, principal)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def list(
+        self,
+        principal: str,
+        *,
+        status: RunStatus | None,
+        thread_id: str | None,
+        limit: int,
+        before: tuple[datetime, str] | None,
+    ) -> list[Run]:
+        """The principal's runs, newest first (see ``RunStore.list_runs``)."""
+        return await self._res.store.list_runs(
+            principal, status=status, thread_id=thread_id, limit=limit, before=before
+        )
+
+    async def live_last_seq(self, run: Run) -> int | None:
+        """The last ``seq`` in a going run's log (None when finished or unreadable)."""
+        if run.status.is_final:
+            return None
+        try:
+            return await self._res.log.last_seq(run.id)
+        except BackendUnavailable:  # for display only: the record's value will do
+            return None
+
+    async def stop(self, run_id: str, principal: str) -> Run:
+        """Stop the principal's run: at once when still queued, else through its worker.
+
+        Raises RunNotFound, RunFinished when it has already ended, BackendUnavailable.
+        """
+        run = await self.get(run_id, principal)
+        if run.status.is_final:
+            raise RunFinished(run.status.value)
+        await self._res.control.request_stop(run_id)  # durable first: a worker may start it
+        writer = EventWriter(self._res, run_id, next_seq=1, retry_s=API_RETRY_S)
+        stopped = await self._end(
+            run_id,
+            writer,
+            Outcome(RunStatus.STOPPED),
+            lambda at: self._res.store.stop_queued(run_id, at),
+            retry_s=API_RETRY_S,
+        )
+        log.info("stop requested", run_id=run_id, principal=principal, was_queued=bool(stopped))
+        return stopped or await self._res.store.get_run(run_id) or run
+
+    # -- the worker's side -------------------------------------------------------------
+
+    async def load(self, run_id: str) -> Run | None:
+        """The run whoever its principal (for the worker)."""
+        return await self._res.store.get_run(run_id)
+
+    async def start(self, run_id: str) -> Run | None:
+        """Mark a queued run running; None when it is not queued (a stop came first)."""
+        return await self._res.store.mark_running(run_id, utcnow())
+
+    async def stop_requested(self, run_id: str) -> bool:
+        """Whether a stop was requested for the run (the durable flag)."""
+        return await self._res.control.stop_requested(run_id)
+
+    async def writer(self, run: Run) -> EventWriter:
+        """The writer of a run this process now owns, continuing after the last ``seq``
+        written (the log's, or the record's once Redis lost the log)."""
+        last = await self._res.log.last_seq(run.id)
+        first = max(last or 0, run.last_seq) + 1
+        return EventWriter(self._res, run.id, next_seq=first, retry_s=WORKER_RETRY_S)
+
+    async def finish(self, run_id: str, writer: EventWriter, outcome: Outcome) -> Run | None:
+        """End a running run with ``outcome``; None when someone else ended it first."""
+
+        def record(completed_at: datetime) -> Awaitable[Run | None]:
+            return self._res.store.finish_run(
+                run_id,
+                status=outcome.status,
+                error=outcome.error,
+                last_seq=writer.next_seq,
+                completed_at=completed_at,
+                from_statuses=(RunStatus.RUNNING,),
+            )
+
+        return await self._end(run_id, writer, outcome, record, retry_s=WORKER_RETRY_S)
+
+    async def end_orphan(self, run: Run) -> Run | None:
+        """End a ``running`` run whose worker is gone as failed ("worker lost").
+
+        The caller holds the run's lock, so it is the run's only writer now.
+        """
+        log.warning("ending a run whose worker was lost", run_id=run.id)
+        writer = await self.writer(run)
+        return await self.finish(run.id, writer, Outcome(RunStatus.FAILED, LOST_ERROR))
+
+    # -- the ending, written once ------------------------------------------------------
+
+    async def _end(
+        self,
+        run_id: str,
+        writer: EventWriter,
+        outcome: Outcome,
+        record: Callable[[datetime], Awaitable[Run | None]],
+        *,
+        retry_s: float,
+    ) -> Run | None:
+        completed_at = utcnow()
+        final = await retrying(lambda: record(completed_at), within_s=retry_s)
+        if final is None:
+            return None  # not in the state this ending starts from: someone else ended it
+        log.info("run finished", run_id=run_id, status=outcome.status.value, error=outcome.error)
+        RUN_OUTCOMES.labels(self._res.role, self._res.settings.instance, outcome.status.value).inc()
+        await writer.write(
+            status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
+        )
+        await retrying(lambda: self._archive(run_id), within_s=retry_s)
+        return final
+
+    async def _archive(self, run_id: str) -> None:
+        after = 0
+        while batch := await self._res.log.read(run_id, after, ARCHIVE_PAGE):
+            await self._res.store.archive_events(run_id, batch)
+            after = batch[-1].seq
