@@ -41,3 +41,35 @@ def budget_exhausted(message: str, *, role: str, instance: str, backend: str) ->
     TOO_MANY_CONNECTIONS.labels(role, instance).inc()
     log.error("Too many connections", role=role, instance=instance, backend=backend, cause=message)
     return TooManyConnections(message, role=role, instance=instance)
+
+
+class ErrorMap:
+    """A reusable, stateless context manager that maps one library's errors to runstream's.
+
+    Each adapter keeps one for its process (``with self._errors: ...``); a subclass says
+    in :meth:`translate` what each foreign error becomes, so an exhausted budget is
+    logged and counted with the role and instance wherever it happens.
+    """
+
+    __slots__ = ("instance", "role")
+
+    def __init__(self, *, role: str, instance: str) -> None:
+        self.role = role
+        self.instance = instance
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        if exc is not None:
+            self.translate(exc)
+
+    def translate(self, exc: BaseException) -> None:
+        """Raise runstream's error for ``exc`` (``from exc``); return to let it pass."""
+        raise NotImplementedError
+
+    def exhausted(self, message: str, backend: str) -> TooManyConnections:
+        """The TooManyConnections to raise for this process, logged and counted."""
+        return budget_exhausted(message, role=self.role, instance=self.instance, backend=backend)

@@ -32,7 +32,7 @@ from coredis.exceptions import ResponseError as CoredisResponseError
 from streaq import StreaqRetry, Worker
 from streaq.types import Streaq
 
-from runstream.budget import budget_exhausted, is_budget_message
+from runstream.budget import ErrorMap, is_budget_message
 from runstream.concurrency import helper_task
 from runstream.config import Settings
 from runstream.errors import BackendUnavailable, describe
@@ -52,33 +52,16 @@ RESTART_BACKOFF_MAX_S: Final = 5.0
 Execute = Callable[[str], Awaitable[None]]
 
 
-class QueueErrors:
-    """Translates coredis's (and the socket's) errors into runstream's.
+class QueueErrors(ErrorMap):
+    """Translates coredis's (and the socket's) errors into runstream's."""
 
-    A reusable, stateless context manager, like ``streams.connection.RedisErrors``.
-    """
+    __slots__ = ()
 
-    __slots__ = ("instance", "role")
-
-    def __init__(self, *, role: str, instance: str) -> None:
-        self.role = role
-        self.instance = instance
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: object
-    ) -> None:
+    def translate(self, exc: BaseException) -> None:
         if isinstance(exc, CoredisError | OSError | TimeoutError):
             text = str(exc) or type(exc).__name__
             if is_budget_message(text):
-                raise budget_exhausted(
-                    f"Too many connections: {text}",
-                    role=self.role,
-                    instance=self.instance,
-                    backend="queue",
-                ) from exc
+                raise self.exhausted(f"Too many connections: {text}", "queue") from exc
             raise BackendUnavailable(f"queue unavailable: {text}") from exc
 
 

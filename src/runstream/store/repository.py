@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from runstream.budget import budget_exhausted
-from runstream.errors import BackendUnavailable
+from runstream.errors import BackendUnavailable, TooManyConnections
 from runstream.models import Event, Run, RunStatus
 from runstream.store.tables import EventRow, RunRow, metadata
 
@@ -53,21 +53,11 @@ def database_errors(*, role: str = "unknown", instance: str = "unknown") -> Iter
     try:
         yield
     except exc.TimeoutError as error:  # the pool had no free connection within pool_timeout
-        raise budget_exhausted(
-            f"database unavailable: {_first_line(error)}",
-            role=role,
-            instance=instance,
-            backend="database",
-        ) from error
+        raise _exhausted(error, role, instance) from error
     except (*_UNAVAILABLE, exc.DBAPIError) as error:  # DBAPIError: see _UNAVAILABLE_SQLSTATES
         sqlstate = _sqlstate(error)
         if sqlstate == _TOO_MANY_CLIENTS:
-            raise budget_exhausted(
-                f"database unavailable: {_first_line(error)}",
-                role=role,
-                instance=instance,
-                backend="database",
-            ) from error
+            raise _exhausted(error, role, instance) from error
         if (
             isinstance(error, _UNAVAILABLE)
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
@@ -75,6 +65,11 @@ def database_errors(*, role: str = "unknown", instance: str = "unknown") -> Iter
         ):
             raise BackendUnavailable(f"database unavailable: {_first_line(error)}") from error
         raise
+
+
+def _exhausted(error: BaseException, role: str, instance: str) -> TooManyConnections:
+    message = f"database unavailable: {_first_line(error)}"
+    return budget_exhausted(message, role=role, instance=instance, backend="database")
 
 
 def _sqlstate(error: BaseException) -> str:

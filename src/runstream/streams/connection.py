@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runstream.budget import budget_exhausted, is_budget_message
+from runstream.budget import ErrorMap, is_budget_message
 from runstream.concurrency import finish_shielded, helper_task
 from runstream.errors import BackendUnavailable
 from runstream.streams.keys import client_name
@@ -148,34 +148,15 @@ async def _keep_pool(client: Redis, pool: TrimmingPool) -> None:
         await asyncio.sleep(pool.idle_s / 2)
 
 
-class RedisErrors:
-    """Translates redis-py's errors into BackendUnavailable / TooManyConnections.
+class RedisErrors(ErrorMap):
+    """Translates redis-py's errors into BackendUnavailable / TooManyConnections."""
 
-    A reusable, stateless context manager: each adapter keeps one for its process
-    (``with self._errors: ...``), so an exhausted budget is logged and counted with the
-    role and instance wherever it happens.
-    """
+    __slots__ = ()
 
-    __slots__ = ("instance", "role")
-
-    def __init__(self, *, role: str, instance: str) -> None:
-        self.role = role
-        self.instance = instance
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: object
-    ) -> None:
+    def translate(self, exc: BaseException) -> None:
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
             if is_budget_error(exc):
-                raise budget_exhausted(
-                    f"Too many connections: {exc}",
-                    role=self.role,
-                    instance=self.instance,
-                    backend="redis",
-                ) from exc
+                raise self.exhausted(f"Too many connections: {exc}", "redis") from exc
             raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
         if isinstance(exc, RedisError):
             raise BackendUnavailable(f"Redis error: {exc}") from exc
