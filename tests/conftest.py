@@ -11,6 +11,8 @@ import pytest
 
 from tests.redis_server import RedisServer
 
+pytest_plugins = ("tests.fixtures",)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

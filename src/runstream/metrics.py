@@ -41,3 +41,9 @@ ACTIVE_STREAMS = Gauge(
     ["role", "instance"],
     registry=REGISTRY,
 )
+SWEEPS = Counter(
+    "runstream_sweeps_total",
+    "Rounds of the worker's sweeper over running and old queued runs (failed ones included).",
+    ["role", "instance"],
+    registry=REGISTRY,
+)

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import redis
 
+from runstream.streams import keys
 from runstream.streams.pubsub import PubSubHub, Subscription
 from tests.api.streaming import read_first, read_stream, start
+from tests.conftest import wait_until
 from tests.faults.conftest import FaultSystem, kill_connections
 from tests.faults.inject import FailingSubscribe
 from tests.faults.leaky import SeedSubscriptions
@@ -154,7 +156,9 @@ async def test_f4_error_path_closes_with_the_current_api_and_leaks_nothing(
     run_id = await start(system.client, "scripted", count=1, hang=True)
     with redis_deprecations() as deprecated:
         reader = asyncio.create_task(read_stream(client, run_id))
-        await asyncio.sleep(0.5)  # the reader follows live
+        channel = keys.run_notify(run_id)
+        # The reader follows live once the server counts a subscriber of the run's channel.
+        await wait_until(lambda: full_server.pubsub_numsub(channel)[0][1] >= 1)
         # The server refuses every new connection, so the API's pooled command connection
         # cannot be replaced by its one retry: the stream meets the error.
         kill_connections(full_server, "runstream:api:api1:cmd", then_refuse=True)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
+from runstream.metrics import REGISTRY
 from runstream.models import RunStatus, utcnow
 from runstream.queue import open_queue
 from runstream.store.database import open_store
 from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
 from tests.api.streaming import read_stream, start
-from tests.redis_server import RedisServer
-from tests.system import Api, make_settings, running_api, running_worker
+from tests.conftest import wait_until
+from tests.system import make_settings, running_worker
 
 AGENTS = ",".join(
     f"{name}=tests.worker.sample_agents:{name}"
@@ -25,26 +26,14 @@ AGENTS = ",".join(
 ERRORS = RedisErrors(role="test", instance="t")
 
 
-@pytest.fixture
-async def api(redis_url: str, sqlite_url: str) -> AsyncIterator[Api]:
-    settings = make_settings(redis_url, sqlite_url, instance="api1", agents=AGENTS)
-    async with running_api(settings) as api:
-        yield api
+def sweeps(instance: str) -> float:
+    labels = {"role": "worker", "instance": instance}
+    return REGISTRY.get_sample_value("runstream_sweeps_total", labels) or 0.0
 
 
 @pytest.fixture
-async def client(api: Api) -> AsyncIterator[httpx.AsyncClient]:
-    async with api.client() as client:
-        yield client
-
-
-@pytest.fixture(autouse=True)
-async def no_connection_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
-    from tests.conftest import wait_until
-
-    yield
-    if redis_server.process is not None and redis_server.process.poll() is None:
-        await wait_until(lambda: redis_server.client_names() == [], timeout=10)
+def system_overrides() -> dict[str, Any]:
+    return {"agents": AGENTS}
 
 
 @pytest.mark.parametrize(
@@ -137,7 +126,9 @@ async def test_live_run_is_not_taken_for_lost_while_its_lock_is_held(
     async with Redis.from_url(redis_url) as redis:
         control = RunControl(redis, stop_ttl_s=60, errors=ERRORS)
         assert await control.acquire(run_id, "someone-alive", 30)
+        before = sweeps("w")  # the counter is the process's: other tests' rounds included
         async with running_worker(settings):
-            await asyncio.sleep(2.5)  # longer than WORKER_LOST_S: the sweeper ran several times
+            # Four rounds span more than a third of WORKER_LOST_S with the lock seen held.
+            await wait_until(lambda: sweeps("w") >= before + 4, timeout=10)
             assert (await client.get(f"/runs/{run_id}")).json()["status"] == RunStatus.RUNNING
         await control.release(run_id, "someone-alive")

@@ -18,6 +18,7 @@ import structlog
 from runstream.concurrency import helper_task
 from runstream.config import Settings
 from runstream.errors import RunstreamError
+from runstream.metrics import SWEEPS
 from runstream.models import RunStatus, utcnow
 from runstream.resources import Resources, open_resources
 from runstream.service import SHUTDOWN_ERROR
@@ -81,6 +82,7 @@ class Sweeper:
         self._missing_since: dict[str, float] = {}
 
     async def run(self) -> None:
+        rounds = SWEEPS.labels(self._res.role, self._res.settings.instance)
         while True:
             try:
                 await self.sweep()
@@ -88,6 +90,7 @@ class Sweeper:
                 log.warning("sweep failed", error=str(exc))
             except Exception:  # a bug must not stop the sweeping of every later round
                 log.exception("sweep failed unexpectedly")
+            rounds.inc()
             await asyncio.sleep(self._lost_s / 6)
 
     async def sweep(self) -> None:
