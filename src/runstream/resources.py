@@ -15,20 +15,20 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from runstream.agents.registry import AgentRegistry, load_registry
-from runstream.concurrency import finish_shielded
 from runstream.config import Settings
-from runstream.models import Event, Run
 from runstream.queue import RunQueue, open_queue
-from runstream.store.database import POOL_TIMEOUT_S, open_store
+from runstream.store.database import POOL_SIZE, open_store
 from runstream.store.repository import RunStore
 from runstream.streams.connection import RedisErrors, open_redis, pool_stats
 from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources
 from runstream.streams.pubsub import PubSubHub, open_hub
+from runstream.streams.reads import SharedReads, open_shared_reads
 
-READ_WITHIN_S = POOL_TIMEOUT_S + 20.0
-"""The most a follower's database read may take once its client has gone."""
+RESERVED_REDIS_CONNECTIONS = 2
+"""Command connections followers' reads leave to everything else (the pool's keeper,
+creating and stopping runs, health checks), so a crowd of readers never starves them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,24 +45,11 @@ class Resources:
     queue: RunQueue
     agents: AgentRegistry
     redis_errors: RedisErrors
+    reads: SharedReads
 
     def sources(self) -> Sources:
         """What a stream follower reads from."""
-        return Sources(
-            hub=self.hub,
-            log=self.log,
-            load_run=self._load_run,
-            read_archive=self._read_archive,
-        )
-
-    # Followers are cancelled whenever a client leaves: their database reads finish
-    # first (finish_shielded), within the pool's wait plus the query's own time.
-    async def _load_run(self, run_id: str) -> Run | None:
-        return await finish_shielded(self.store.get_run(run_id), within_s=READ_WITHIN_S)
-
-    async def _read_archive(self, run_id: str, after: int, limit: int) -> list[Event]:
-        read = self.store.read_events(run_id, after, limit)
-        return await finish_shielded(read, within_s=READ_WITHIN_S)
+        return Sources(hub=self.hub, reads=self.reads)
 
     async def ping_redis(self) -> None:
         """One command round trip; raises BackendUnavailable when Redis does not answer."""
@@ -103,15 +90,27 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
         )
         queue = await stack.enter_async_context(open_queue(settings, role=role))
         errors = RedisErrors(role=role, instance=settings.instance)
+        log = EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors)
+        reads = await stack.enter_async_context(
+            open_shared_reads(
+                log=log,
+                load_run=store.get_run,
+                read_archive=store.read_events,
+                log_gate=max(1, settings.redis_max_connections - RESERVED_REDIS_CONNECTIONS),
+                db_gate=max(1, POOL_SIZE - 1),
+                fresh_s=settings.heartbeat_s / 2,
+            )
+        )
         yield Resources(
             settings=settings,
             role=role,
             redis=redis,
             hub=hub,
-            log=EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors),
+            log=log,
             control=RunControl(redis, stop_ttl_s=settings.event_ttl_s, errors=errors),
             store=store,
             queue=queue,
             agents=agents,
             redis_errors=errors,
+            reads=reads,
         )

@@ -150,6 +150,12 @@ class RunService:
             raise RunNotFound(run_id)
         return run
 
+    async def check_readable(self, run_id: str, principal: str) -> None:
+        """RunNotFound unless the run exists and is the principal's. Cached: a run's owner
+        never changes, so opening a stream reads the database once per run, not per open."""
+        if await self._res.reads.owner(run_id) != principal:
+            raise RunNotFound(run_id)
+
     async def list(
         self,
         principal: str,

@@ -7,10 +7,11 @@ import asyncio
 import httpx
 import pytest
 
+from runstream.metrics import REGISTRY
 from runstream.store.database import open_store
 from tests.api.streaming import read_first, read_stream, start
 from tests.redis_server import RedisServer
-from tests.system import Api, Worker
+from tests.system import Api, Worker, make_settings, running_api
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -155,3 +156,30 @@ async def _wait_status(client: httpx.AsyncClient, run_id: str, status: str) -> N
     async with asyncio.timeout(10):
         while (await client.get(f"/runs/{run_id}")).json()["status"] != status:
             await asyncio.sleep(0.02)
+
+
+async def test_a_busy_pool_makes_streams_wait_their_turn_never_fail(
+    redis_url: str, sqlite_url: str
+) -> None:
+    # Three command connections with a 50 ms pool wait: 200 readers at once would time
+    # out on the pool if they asked it directly; through the shared reads they queue.
+    settings = make_settings(
+        redis_url, sqlite_url, instance="tiny", redis_max_connections=3, redis_timeout_s=0.05
+    )
+    refused = REGISTRY.get_sample_value(
+        "runstream_too_many_connections_total", {"role": "api", "instance": "tiny"}
+    )
+    async with running_api(settings) as api:
+        limits = httpx.Limits(max_connections=400)
+        async with api.client(limits=limits) as client:
+            run_ids = [await start(client, "scripted", count=20, interval_ms=5) for _ in range(10)]
+            streams = await asyncio.gather(
+                *(read_stream(client, run_ids[i % 10]) for i in range(200))
+            )
+    for events in streams:
+        assert seqs(events) == list(range(1, len(streams[0]) + 1))
+        assert events[-1]["data"]["status"] == "completed"
+    after = REGISTRY.get_sample_value(
+        "runstream_too_many_connections_total", {"role": "api", "instance": "tiny"}
+    )
+    assert after == refused  # the pool never said "Too many connections"

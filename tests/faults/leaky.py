@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 
 from runstream.streams.connection import connection_kwargs
 from runstream.streams.keys import client_name
-from runstream.streams.pubsub import PubSubHub, Subscription
+from runstream.streams.pubsub import Decoder, PubSubHub, Subscription
 
 BUGS = ("F1", "F2", "F3", "F4", "F5")
 
@@ -62,8 +62,10 @@ class SeedSubscriptions:
         seed = self
 
         @contextlib.asynccontextmanager
-        async def subscribe(hub: PubSubHub, channel: str) -> AsyncIterator[Subscription]:
-            async with seed.subscribe(hub, channel) as sub:
+        async def subscribe(
+            hub: PubSubHub, channel: str, decode: Decoder | None = None
+        ) -> AsyncIterator[Subscription]:
+            async with seed.subscribe(hub, channel, decode) as sub:
                 yield sub
 
         monkeypatch.setattr(PubSubHub, "subscribe", subscribe)
@@ -73,7 +75,9 @@ class SeedSubscriptions:
             await client.connection_pool.aclose()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, hub: PubSubHub, channel: str) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, hub: PubSubHub, channel: str, decode: Decoder | None = None
+    ) -> AsyncIterator[Subscription]:
         ps = self.client_for(hub).pubsub()
         try:
             await ps.subscribe(channel)
@@ -82,7 +86,7 @@ class SeedSubscriptions:
                 await ps.aclose()
             raise
         sub = Subscription(channel, hub._queue_size)
-        listener = asyncio.ensure_future(_listen(ps, sub))
+        listener = asyncio.ensure_future(_listen(ps, sub, decode))
         listeners = self.listeners.setdefault(id(hub), set())
         listeners.add(listener)
         listener.add_done_callback(listeners.discard)
@@ -124,11 +128,12 @@ class SeedSubscriptions:
 _closing: set[asyncio.Future[None]] = set()  # F5's late closes, kept from the GC
 
 
-async def _listen(ps: PubSub, sub: Subscription) -> None:
+async def _listen(ps: PubSub, sub: Subscription, decode: Decoder | None) -> None:
     try:
         async for message in ps.listen():
             if message["type"] == "message":
-                sub._deliver(message["data"])
+                data = message["data"]
+                sub._deliver(data if decode is None else decode(data))
     except Exception:
         sub._resync()  # the follower reads the log; this listener is done
 

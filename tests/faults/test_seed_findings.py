@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from runstream.streams import keys
-from runstream.streams.pubsub import PubSubHub, Subscription
+from runstream.streams.pubsub import Decoder, PubSubHub, Subscription
 from tests.api.streaming import read_first, read_stream, start
 from tests.conftest import wait_until
 from tests.faults.conftest import FaultSystem, kill_connections
@@ -192,10 +192,12 @@ async def test_f5_no_task_outlives_the_subscription_that_started_it(
         return task
 
     @contextlib.asynccontextmanager
-    async def checked(hub: PubSubHub, channel: str) -> AsyncIterator[Subscription]:
+    async def checked(
+        hub: PubSubHub, channel: str, decode: Decoder | None = None
+    ) -> AsyncIterator[Subscription]:
         owner = asyncio.current_task()
         try:
-            async with current(hub, channel) as sub:
+            async with current(hub, channel, decode) as sub:
                 yield sub
         finally:
             # Tasks this scope started (children of its task) that are still pending.

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
 
 from runstream.models import Event, Run, RunStatus, build_event, status_event
+from runstream.store.database import open_store
+from runstream.store.repository import RunStore
 from runstream.streams import keys
 from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources, follow
 from runstream.streams.pubsub import PubSubHub, open_hub
+from runstream.streams.reads import LoadRun, open_shared_reads
 
 pytestmark = pytest.mark.usefixtures("no_task_leaks")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -29,17 +33,43 @@ def tick(seq: int) -> Event:
 
 
 class Records:
-    """Run records and archives as the database would hold them (a dict of real Runs)."""
+    """Run records and archives in a real SQLite store, written as the service writes them."""
 
-    def __init__(self) -> None:
-        self.runs: dict[str, Run] = {}
-        self.archive: dict[str, list[Event]] = {}
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
 
-    async def load(self, run_id: str) -> Run | None:
-        return self.runs.get(run_id)
+    async def queued(self, run_id: str) -> None:
+        await self.store.create_run(
+            run_id=run_id,
+            principal="p",
+            agent="a",
+            input={},
+            thread_id=None,
+            metadata={},
+            idempotency_key=None,
+            created_at=NOW,
+        )
 
-    async def read(self, run_id: str, after: int, limit: int) -> list[Event]:
-        return [e for e in self.archive.get(run_id, []) if e.seq > after][:limit]
+    async def final(
+        self,
+        run_id: str,
+        status: RunStatus,
+        last_seq: int,
+        *,
+        error: str | None = None,
+        archive: Sequence[Event] = (),
+    ) -> None:
+        if await self.store.get_run(run_id) is None:
+            await self.queued(run_id)
+        await self.store.finish_run(
+            run_id,
+            status=status,
+            error=error,
+            last_seq=last_seq,
+            completed_at=NOW,
+            from_statuses=(RunStatus.QUEUED,),
+        )
+        await self.store.archive_events(run_id, archive)
 
 
 @pytest.fixture
@@ -54,17 +84,53 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
 
 
+@pytest.fixture
+def log(redis: Redis) -> EventLog:
+    return EventLog(redis, ttl_s=60, errors=ERRORS)
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[RunStore]:
+    async with open_store(sqlite_url) as store:
+        yield store
+
+
+@pytest.fixture
+def records(store: RunStore) -> Records:
+    return Records(store)
+
+
+@asynccontextmanager
+async def shared_sources(
+    hub: PubSubHub, log: EventLog, store: RunStore, load_run: LoadRun | None = None
+) -> AsyncIterator[Sources]:
+    async with open_shared_reads(
+        log=log,
+        load_run=load_run or store.get_run,
+        read_archive=store.read_events,
+        log_gate=4,
+        db_gate=2,
+        fresh_s=0.25,
+    ) as reads:
+        yield Sources(hub=hub, reads=reads)
+
+
+@pytest.fixture
+async def sources(hub: PubSubHub, log: EventLog, store: RunStore) -> AsyncIterator[Sources]:
+    async with shared_sources(hub, log, store) as sources:
+        yield sources
+
+
 async def collect(run_id: str, after: int, sources: Sources) -> list[int]:
     async with contextlib.aclosing(follow(run_id, after, sources, poll_s=0.5)) as events:
         return [event.seq async for event in events]
 
 
 async def test_followers_joining_at_random_points_see_every_event_once_in_order(
-    hub: PubSubHub, redis: Redis
+    log: EventLog, records: Records, sources: Sources
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
-    sources = Sources(hub, log, records.load, records.read)
     total = 300
+    await records.queued("r")
     rng = random.Random(7)
 
     async def writer() -> None:
@@ -76,15 +142,7 @@ async def test_followers_joining_at_random_points_see_every_event_once_in_order(
             if rng.random() < 0.3:
                 await asyncio.sleep(0.001)
         # The record leads the stream: final before the terminal event is appended.
-        records.runs["r"] = Run(
-            id="r",
-            principal="p",
-            agent="a",
-            status=RunStatus.COMPLETED,
-            input={},
-            completed_at=NOW,
-            last_seq=total,
-        )
+        await records.final("r", RunStatus.COMPLETED, total)
         await log.append("r", [status_event(RunStatus.COMPLETED, total, NOW)])
 
     async def late_follower() -> tuple[int, list[int]]:
@@ -103,10 +161,8 @@ async def test_followers_joining_at_random_points_see_every_event_once_in_order(
 
 
 async def test_slow_follower_falls_back_to_the_log_and_misses_nothing(
-    hub: PubSubHub, redis: Redis
+    log: EventLog, sources: Sources
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
-    sources = Sources(hub, log, records.load, records.read)
     seen: list[int] = []
     async with contextlib.aclosing(follow("r", 0, sources, poll_s=0.5)) as events:
         await log.append("r", [tick(1)])
@@ -120,52 +176,28 @@ async def test_slow_follower_falls_back_to_the_log_and_misses_nothing(
 
 
 async def test_finished_run_without_redis_log_is_replayed_from_the_archive(
-    hub: PubSubHub, redis: Redis
+    records: Records, sources: Sources
 ) -> None:
-    records = Records()
     events = [tick(1), tick(2), status_event(RunStatus.FAILED, 3, NOW, "boom")]
-    records.runs["r"] = Run(
-        id="r",
-        principal="p",
-        agent="a",
-        status=RunStatus.FAILED,
-        input={},
-        completed_at=NOW,
-        error="boom",
-        last_seq=3,
-    )
-    records.archive["r"] = events
-    sources = Sources(hub, EventLog(redis, ttl_s=60, errors=ERRORS), records.load, records.read)
+    await records.final("r", RunStatus.FAILED, 3, error="boom", archive=events)
     assert await collect("r", 0, sources) == [1, 2, 3]
     assert await collect("r", 3, sources) == []
 
 
 async def test_terminal_event_missing_everywhere_is_rebuilt_from_the_record(
-    hub: PubSubHub, redis: Redis
+    records: Records, sources: Sources
 ) -> None:
-    records = Records()
-    records.runs["r"] = Run(
-        id="r",
-        principal="p",
-        agent="a",
-        status=RunStatus.STOPPED,
-        input={},
-        completed_at=NOW,
-        last_seq=5,
-    )
-    sources = Sources(hub, EventLog(redis, ttl_s=60, errors=ERRORS), records.load, records.read)
+    await records.final("r", RunStatus.STOPPED, 5)
     async with contextlib.aclosing(follow("r", 2, sources, poll_s=0.5)) as it:
-        got = [event async for event in it]
+        got = [frame.event async for frame in it]
     assert [(e.type, e.seq) for e in got] == [("gap", 4), ("status", 5)]
     assert got[0].to_dict() == {"type": "gap", "from": 3, "to": 4}
     assert got[1].to_dict()["status"] == "stopped"
 
 
 async def test_follower_leaving_early_releases_its_subscription(
-    hub: PubSubHub, redis: Redis
+    hub: PubSubHub, redis: Redis, log: EventLog, sources: Sources
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
-    sources = Sources(hub, log, records.load, records.read)
     await log.append("r", [tick(1), tick(2)])
     async with contextlib.aclosing(follow("r", 0, sources)) as events:
         assert (await anext(events)).seq == 1
@@ -179,25 +211,20 @@ async def test_follower_leaving_early_releases_its_subscription(
 
 
 async def test_record_turning_final_after_the_log_read_is_not_a_gap(
-    hub: PubSubHub, redis: Redis
+    hub: PubSubHub, log: EventLog, store: RunStore, records: Records
 ) -> None:
-    log, records = EventLog(redis, ttl_s=60, errors=ERRORS), Records()
+    await records.queued("r")
 
     async def load_while_the_worker_finishes(run_id: str) -> Run | None:
         # Between the follower's (empty) log read and this record read, the worker
         # appended its last events and made the record final (it leads the stream).
         await log.append(run_id, [tick(1), tick(2)])
-        return Run(
-            id=run_id,
-            principal="p",
-            agent="a",
-            status=RunStatus.COMPLETED,
-            input={},
-            completed_at=NOW,
-            last_seq=3,
-        )
+        await records.final(run_id, RunStatus.COMPLETED, 3)
+        return await store.get_run(run_id)
 
-    sources = Sources(hub, log, load_while_the_worker_finishes, records.read)
-    async with contextlib.aclosing(follow("r", 0, sources, poll_s=0.5)) as it:
-        got = [(event.type, event.seq) async for event in it]
+    async with (
+        shared_sources(hub, log, store, load_while_the_worker_finishes) as sources,
+        contextlib.aclosing(follow("r", 0, sources, poll_s=0.5)) as it,
+    ):
+        got = [(frame.event.type, frame.seq) async for frame in it]
     assert got == [("tick", 1), ("tick", 2), ("status", 3)]

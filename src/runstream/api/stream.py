@@ -14,7 +14,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from runstream.api.deps import RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError
@@ -38,12 +38,12 @@ async def stream_run(
     """Replay the run's events after the cursor, then follow it live until it ends."""
     res = state.resources
     cursor = _cursor(last_event_id, after)
-    await state.runs.get(run_id, principal)  # RunNotFound: 404
+    await state.runs.check_readable(run_id, principal)  # RunNotFound: 404
     if not res.hub.healthy:
         raise BackendUnavailable("live delivery is down (pub/sub reconnecting); retry shortly")
     # One round trip before the 200: a Redis that refuses us now gets a 503, not a stream
     # that opens and closes empty.
-    await res.log.exists(run_id)
+    await res.reads.log_exists(run_id)
     heartbeat = res.settings.heartbeat_s
     return EventSourceResponse(
         _events(res, run_id, cursor),
@@ -66,15 +66,15 @@ def _cursor(last_event_id: str | None, after: int | None) -> int:
     return value
 
 
-async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[bytes]:
     poll_s = res.settings.heartbeat_s
     labels = (res.role, res.settings.instance)
     active, delivered = ACTIVE_STREAMS.labels(*labels), EVENTS_DELIVERED.labels(*labels)
     active.inc()
     try:
         async with contextlib.aclosing(follow(run_id, after, res.sources(), poll_s=poll_s)) as it:
-            async for event in it:
-                yield ServerSentEvent(data=event.data.decode(), event=event.type, id=str(event.seq))
+            async for frame in it:
+                yield frame.sse  # encoded once for every reader of the process
                 delivered.inc()
     except BackendUnavailable as exc:
         # The headers are gone already: end the stream; the client resumes from its id.

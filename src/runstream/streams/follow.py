@@ -18,25 +18,23 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from runstream.models import Event, Run, gap_event, status_event
+from runstream.models import Run, gap_event, status_event
 from runstream.streams import keys
-from runstream.streams.eventlog import EventLog, decode_notification
+from runstream.streams.frames import Frame, notification_frame, to_frame
 from runstream.streams.pubsub import RESYNC, PubSubHub
+from runstream.streams.reads import SharedReads
 
 PAGE = 500
 
-LoadRun = Callable[[str], Awaitable[Run | None]]
-ReadArchive = Callable[[str, int, int], Awaitable[list[Event]]]
+ReadPage = Callable[[str, int, int], Awaitable[list[Frame]]]
 
 
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """Where a follower reads from: the live hub, the Redis log and the database."""
+    """Where a follower reads from: the live hub and the process's shared reads."""
 
     hub: PubSubHub
-    log: EventLog
-    load_run: LoadRun
-    read_archive: ReadArchive
+    reads: SharedReads
 
 
 class _Cursor:
@@ -46,62 +44,64 @@ class _Cursor:
         self.seq = after
         self.finished = False
 
-    def accept(self, event: Event) -> bool:
-        """True if ``event`` is the next one to deliver; advances the cursor."""
-        if event.seq <= self.seq:
+    def accept(self, frame: Frame) -> bool:
+        """True if ``frame`` is the next one to deliver; advances the cursor."""
+        if frame.seq <= self.seq:
             return False
-        self.seq = event.seq
-        self.finished = event.is_terminal
+        self.seq = frame.seq
+        self.finished = frame.terminal
         return True
 
 
 async def follow(
     run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0
-) -> AsyncGenerator[Event]:
-    """Yield the run's events with ``seq > after`` until its terminal status event.
+) -> AsyncGenerator[Frame]:
+    """Yield the run's events (as frames) with ``seq > after`` until its terminal event.
 
     ``poll_s`` bounds how long the follower trusts a silent channel before it looks at
     the log again. Consume it inside ``contextlib.aclosing`` so the subscription is
     released the moment the consumer leaves.
     """
     cursor = _Cursor(after)
-    async with sources.hub.subscribe(keys.run_notify(run_id)) as sub:
-        stale = True  # the log must be read before trusting notifications
+    channel = keys.run_notify(run_id)
+    async with sources.hub.subscribe(channel, decode=notification_frame) as sub:
+        stale, polled = True, False  # the log must be read before trusting notifications
         while not cursor.finished:
             if stale:
-                async for event in _catch_up(run_id, cursor, sources):
-                    yield event
-                stale = False
+                async for frame in _catch_up(run_id, cursor, sources, poll=polled):
+                    yield frame
+                stale = polled = False
                 continue
             try:
                 async with asyncio.timeout(poll_s):
                     message = await sub.get()
             except TimeoutError:
-                stale = True
+                stale = polled = True
                 continue
             if message is RESYNC:
                 stale = True
                 continue
-            assert isinstance(message, bytes)
-            event = decode_notification(message)
-            if event.seq == cursor.seq + 1:
-                cursor.accept(event)
-                yield event
-            elif event.seq > cursor.seq + 1:
+            assert isinstance(message, Frame)
+            if message.seq == cursor.seq + 1:
+                cursor.accept(message)
+                yield message
+            elif message.seq > cursor.seq + 1:
                 stale = True  # skipped one or more: the log has them
 
 
-async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+async def _catch_up(
+    run_id: str, cursor: _Cursor, sources: Sources, *, poll: bool
+) -> AsyncIterator[Frame]:
     """Deliver everything after the cursor that Redis or the archive still holds."""
     delivered = False
-    async for event in _from_log(run_id, cursor, sources):
+    async for frame in _from_log(run_id, cursor, sources, poll=poll):
         delivered = True
-        yield event
+        yield frame
     if delivered or cursor.finished:
         return
     # Nothing new in Redis: either the run goes on, or it is over and its log is gone
     # (expired, or lost with a restarted server), or the reader already has it all.
-    run = await sources.load_run(run_id)
+    run = await sources.reads.record(run_id)
     if run is None or not run.status.is_final:
         return
     if cursor.seq >= run.last_seq:
@@ -109,22 +109,30 @@ async def _catch_up(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIter
         return
     # The record leads the stream: it may have turned final after the log was read, with
     # the run's last events appended in between. Read the log again before the archive.
-    async for event in _from_log(run_id, cursor, sources):
-        yield event
+    async for frame in _from_log(run_id, cursor, sources, poll=False):
+        yield frame
     if cursor.finished:
         return
-    async for event in _from_archive(run, cursor, sources):
-        yield event
+    async for frame in _from_archive(run, cursor, sources):
+        yield frame
 
 
-async def _from_log(run_id: str, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+async def _from_log(
+    run_id: str, cursor: _Cursor, sources: Sources, *, poll: bool
+) -> AsyncIterator[Frame]:
     """Deliver what the Redis log holds after the cursor."""
-    async for event in _pages(sources.log.read, run_id, cursor):
-        yield event
+    reads, first = sources.reads, cursor.seq
+
+    async def read(run: str, after: int, limit: int) -> list[Frame]:
+        # Only the first page of a poll may be answered from the last look at the log.
+        return await reads.log_page(run, after, limit, poll=poll and after == first)
+
+    async for frame in _pages(read, run_id, cursor):
+        yield frame
 
 
-async def _pages(read: ReadArchive, run_id: str, cursor: _Cursor) -> AsyncIterator[Event]:
-    """Deliver ``read``'s events after the cursor page by page, a gap first where the
+async def _pages(read: ReadPage, run_id: str, cursor: _Cursor) -> AsyncIterator[Frame]:
+    """Deliver ``read``'s frames after the cursor page by page, a gap first where the
     source starts later than the cursor's next ``seq``."""
     while not cursor.finished:
         batch = await read(run_id, cursor.seq, PAGE)
@@ -132,19 +140,19 @@ async def _pages(read: ReadArchive, run_id: str, cursor: _Cursor) -> AsyncIterat
             return
         if batch[0].seq > cursor.seq + 1:
             yield _skip_to(cursor, batch[0].seq - 1)
-        for event in batch:
-            if cursor.accept(event):
-                yield event
+        for frame in batch:
+            if cursor.accept(frame):
+                yield frame
             if cursor.finished:
                 return
         if len(batch) < PAGE:
             return
 
 
-async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Event]:
+async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Frame]:
     """Replay a finished run from the database, then make sure it ends with its status."""
-    async for event in _pages(sources.read_archive, run.id, cursor):
-        yield event
+    async for frame in _pages(sources.reads.archive_page, run.id, cursor):
+        yield frame
     if cursor.finished:
         return
     # The terminal event is in neither place (the record is final before it is appended,
@@ -153,13 +161,15 @@ async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIte
     final_seq = max(run.last_seq, cursor.seq + 1)
     if final_seq - 1 > cursor.seq:
         yield _skip_to(cursor, final_seq - 1)
-    final = status_event(run.status, final_seq, run.completed_at or run.created_at, run.error)
+    final = to_frame(
+        status_event(run.status, final_seq, run.completed_at or run.created_at, run.error)
+    )
     cursor.accept(final)
     yield final
 
 
-def _skip_to(cursor: _Cursor, last_missing: int) -> Event:
-    """The ``gap`` event for everything between the cursor and ``last_missing``."""
-    gap = gap_event(cursor.seq + 1, last_missing)
+def _skip_to(cursor: _Cursor, last_missing: int) -> Frame:
+    """The ``gap`` frame for everything between the cursor and ``last_missing``."""
+    gap = to_frame(gap_event(cursor.seq + 1, last_missing))
     cursor.seq = last_missing
     return gap

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -53,7 +53,11 @@ class _Resync:
 
 RESYNC: Final = _Resync()
 
-Message = bytes | _Resync
+Message = object
+"""What a subscription yields: the channel's payload (bytes, or what the channel's decoder
+made of it once for every local subscriber), or :data:`RESYNC`."""
+
+Decoder = Callable[[bytes], object]
 
 
 class Subscription:
@@ -68,9 +72,9 @@ class Subscription:
         """The next message, or :data:`RESYNC` when some may have been missed."""
         return await self._queue.get()
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, message: Message) -> None:
         try:
-            self._queue.put_nowait(data)
+            self._queue.put_nowait(message)
         except asyncio.QueueFull:
             self.overflows += 1
             self._resync()
@@ -124,6 +128,7 @@ class PubSubHub:
         self._lock = asyncio.Lock()  # serialises commands against reconnects
         self._wakeups: dict[str, asyncio.Event] = {}  # set when a channel may be confirmed
         self._wanted: dict[str, set[Subscription]] = {}
+        self._decoders: dict[str, Decoder] = {}
         self._requested: set[str] = set()  # what we last asked the server for
         self._pending: dict[str, int] = {}  # SUBSCRIBE confirmations still to come
         self._confirmed: set[str] = set()
@@ -137,12 +142,16 @@ class PubSubHub:
     # -- public API -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, channel: str, decode: Decoder | None = None
+    ) -> AsyncIterator[Subscription]:
         """Listen to ``channel`` until the block exits.
 
         Returns once the server has confirmed the subscription, so whatever is published
         after this point reaches the subscription. Raises SubscribeError when the
-        confirmation does not come within the confirm timeout.
+        confirmation does not come within the confirm timeout. ``decode`` turns a payload
+        into what subscribers get, once per message for all of them (every subscriber of
+        a channel passes the same one); a payload it cannot decode is a RESYNC.
         """
         if self._closing:
             raise SubscribeError("the pub/sub hub is closed")
@@ -150,6 +159,8 @@ class PubSubHub:
         # Registered locally before any await: a concurrent first subscriber of the same
         # channel sees it, and the finally below can always discard it.
         self._wanted.setdefault(channel, set()).add(sub)
+        if decode is not None:
+            self._decoders.setdefault(channel, decode)
         try:
             await self._reconcile(channel)
             await self._wait_confirmed(channel)
@@ -160,6 +171,7 @@ class PubSubHub:
                 subs.discard(sub)
                 if not subs:
                     del self._wanted[channel]
+                    self._decoders.pop(channel, None)
             try:
                 await finish_shielded(self._reconcile(channel), within_s=self._confirm_timeout)
             except TimeoutError:
@@ -260,8 +272,22 @@ class PubSubHub:
         self._wake(channel)
 
     def _dispatch(self, channel: str, data: bytes) -> None:
-        for sub in tuple(self._wanted.get(channel, ())):
-            sub._deliver(data)
+        subs = self._wanted.get(channel)
+        if not subs:
+            return
+        message: Message = data
+        decode = self._decoders.get(channel)
+        if decode is not None:
+            try:
+                message = decode(data)
+            except Exception as exc:  # a bad payload must not stop the reader
+                log.warning("undecodable message", channel=channel, error=describe(exc))
+                message = RESYNC
+        for sub in tuple(subs):
+            if message is RESYNC:
+                sub._resync()
+            else:
+                sub._deliver(message)
 
     def _resync_all(self) -> None:
         for subs in self._wanted.values():
