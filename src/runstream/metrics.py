@@ -47,3 +47,9 @@ SWEEPS = Counter(
     ["role", "instance"],
     registry=REGISTRY,
 )
+APPEND_ROUND_TRIPS = Counter(
+    "runstream_append_round_trips_total",
+    "Append calls to Redis (one round trip each, however many events they carry).",
+    ["role", "instance"],
+    registry=REGISTRY,
+)

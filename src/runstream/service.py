@@ -19,7 +19,7 @@ Every error that leaves this module is one of runstream's (``errors.py``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -28,7 +28,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from runstream.errors import BackendUnavailable, RunFinished, RunNotFound
-from runstream.metrics import EVENTS_APPENDED, RUN_OUTCOMES
+from runstream.metrics import APPEND_ROUND_TRIPS, EVENTS_APPENDED, RUN_OUTCOMES
 from runstream.models import Event, Run, RunStatus, status_event, utcnow
 from runstream.resources import Resources
 
@@ -92,11 +92,22 @@ class EventWriter:
 
     async def write(self, event: Event) -> None:
         """Append ``event``, whose ``seq`` must be :attr:`next_seq`."""
-        if event.seq != self.next_seq:
-            raise ValueError(f"seq must stay contiguous: expected {self.next_seq}, got {event.seq}")
-        await retrying(lambda: self._res.log.append(self._run_id, [event]), within_s=self._retry_s)
-        EVENTS_APPENDED.labels(self._res.role, self._res.settings.instance).inc()
-        self.next_seq += 1
+        await self.write_many([event])
+
+    async def write_many(self, events: Sequence[Event]) -> None:
+        """Append ``events`` in one round trip; their ``seq`` must run on from :attr:`next_seq`."""
+        if not events:
+            return
+        for offset, event in enumerate(events):
+            if event.seq != self.next_seq + offset:
+                expected = self.next_seq + offset
+                raise ValueError(f"seq must stay contiguous: expected {expected}, got {event.seq}")
+        batch = list(events)
+        await retrying(lambda: self._res.log.append(self._run_id, batch), within_s=self._retry_s)
+        labels = (self._res.role, self._res.settings.instance)
+        EVENTS_APPENDED.labels(*labels).inc(len(batch))
+        APPEND_ROUND_TRIPS.labels(*labels).inc()
+        self.next_seq += len(batch)
 
 
 class RunService:

@@ -132,3 +132,24 @@ async def test_live_run_is_not_taken_for_lost_while_its_lock_is_held(
             await wait_until(lambda: sweeps("w") >= before + 4, timeout=10)
             assert (await client.get(f"/runs/{run_id}")).json()["status"] == RunStatus.RUNNING
         await control.release(run_id, "someone-alive")
+
+
+def worker_counter(name: str, instance: str) -> float:
+    labels = {"role": "worker", "instance": instance}
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_events_yielded_during_an_append_go_together_in_the_next_round_trip(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str
+) -> None:
+    trips = worker_counter("runstream_append_round_trips_total", "batch")
+    appended = worker_counter("runstream_events_appended_total", "batch")
+    async with running_worker(make_settings(redis_url, sqlite_url, instance="batch")):
+        run_id = await start(client, "scripted", count=500, interval_ms=0)
+        events = await read_stream(client, run_id)
+    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+    events_sent = worker_counter("runstream_events_appended_total", "batch") - appended
+    round_trips = worker_counter("runstream_append_round_trips_total", "batch") - trips
+    assert events_sent == len(events)
+    # An agent that never waits is always ahead of the append in flight.
+    assert round_trips <= events_sent / 5

@@ -26,6 +26,7 @@ from runstream.resources import Resources
 from runstream.service import SHUTDOWN_ERROR, EventWriter, Outcome, RunService
 from runstream.streams import keys
 from runstream.streams.pubsub import RESYNC, Message, Subscription
+from runstream.worker.batching import EventBatcher, batching
 
 log = structlog.get_logger(__name__)
 
@@ -134,23 +135,27 @@ class Executor:
         except AgentError as exc:
             return Outcome(RunStatus.FAILED, str(exc))
         events = agent(active.ctx, agent_input)
-        # Nested, not one `with`: the watcher is given the agent's task.
-        async with helper_task(self._consume(events, active, writer)) as agent_task:  # noqa: SIM117
-            async with helper_task(self._watch_stop(run.id, active, control, agent_task)):
-                await asyncio.wait([agent_task])
+        # The watcher is given the agent's task; the batcher's exit appends what the
+        # agent queued last, before the run's ending is written.
+        async with (
+            batching(writer) as batcher,
+            helper_task(self._consume(events, active, batcher)) as agent_task,
+            helper_task(self._watch_stop(run.id, active, control, agent_task)),
+        ):
+            await asyncio.wait([agent_task])
         if agent_task.cancelled():  # it ignored the stop and was cancelled after the grace
             return Outcome(RunStatus.STOPPED, active.stop_reason)
         outcome: Outcome = agent_task.result()
         return outcome
 
     async def _consume(
-        self, events: AsyncIterator[dict[str, Any]], active: ActiveRun, writer: EventWriter
+        self, events: AsyncIterator[dict[str, Any]], active: ActiveRun, batcher: EventBatcher
     ) -> Outcome:
         limit = self._settings.max_event_bytes
         try:
             async with _closing(events):
                 async for raw in events:
-                    await writer.write(build_event(raw, writer.next_seq, utcnow(), limit))
+                    await batcher.put(build_event(raw, batcher.next_seq, utcnow(), limit))
         except (AgentError, BackendUnavailable) as exc:
             return Outcome(RunStatus.FAILED, str(exc))
         except Exception as exc:  # the agent's own failure ends its run, not the worker
