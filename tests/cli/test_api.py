@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.cli import background, cli_env, free_port, wait_healthy
+from tests.cli import background, cli_env, free_port, wait_for, wait_healthy
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -50,3 +50,63 @@ def test_api_closes_streams_and_exits_on_sigterm(
         assert time.monotonic() - started < GRACE_S / 3, "the stream held the shutdown"
     assert private_redis.client_names("runstream:") == []
     assert "Traceback" not in api.stderr
+
+
+def delivered_by_instance(url: str, tries: int = 40) -> dict[str, float]:
+    """Events delivered per API process, from /metrics read over fresh connections (each
+    process reports only itself; the kernel hands each connection to one of them)."""
+    seen: dict[str, float] = {}
+    for _ in range(tries):
+        text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+        for line in text.splitlines():
+            if line.startswith("runstream_events_delivered_total{"):
+                instance = line.split('instance="', 1)[1].split('"', 1)[0]
+                seen[instance] = float(line.rsplit(" ", 1)[1])
+    return seen
+
+
+def test_api_workers_serve_one_port_from_several_processes_and_streams_resume_across_them(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = cli_env(
+        RUNSTREAM_REDIS_URL=private_redis.url,
+        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
+        RUNSTREAM_INSTANCE="multi",
+    )
+    with (
+        background("api", "--port", str(port), "--workers", "2", env=env, workdir=tmp_path) as api,
+        background("worker", env={**env, "RUNSTREAM_INSTANCE": "wk"}, workdir=tmp_path),
+    ):
+        wait_healthy(url, api)
+        wait_for(
+            lambda: (
+                {"runstream:api:multi-1:pubsub", "runstream:api:multi-2:pubsub"}
+                <= set(private_redis.client_names("runstream:"))
+            ),
+            timeout=20,
+            what="both API processes connected",
+        )
+        input = {"count": 60, "interval_ms": 20}
+        run = httpx.post(f"{url}/runs", json={"agent": "scripted", "input": input}).json()
+        seqs: list[int] = []
+        final = None
+        while final is None:  # a new connection for every few events: any process serves it
+            headers = {"Connection": "close", "Last-Event-ID": str(seqs[-1] if seqs else 0)}
+            with httpx.stream("GET", f"{url}/runs/{run['id']}/stream", headers=headers) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        seqs.append(int(line[4:]))
+                    elif line.startswith("data: ") and '"status":"completed"' in line:
+                        final = line
+                    if final is not None or (len(seqs) % 5 == 0 and line.startswith("data: ")):
+                        break
+        assert seqs == list(range(1, len(seqs) + 1))
+        delivered = delivered_by_instance(url)
+        assert set(delivered) == {"multi-1", "multi-2"}
+        assert sum(delivered.values()) == len(seqs)
+        api.process.send_signal(signal.SIGTERM)
+        assert api.process.wait(30) == 0, api.stderr
+    assert [n for n in private_redis.client_names("runstream:") if ":api:" in n] == []

@@ -57,6 +57,10 @@ HostOption = Annotated[
 PortOption = Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port to bind.")]
 
 
+_logging: list[tuple[bool, str]] = []
+"""The log format and level the command line chose (JSON, level)."""
+
+
 @app.callback()
 def _configure(
     log_level: Annotated[
@@ -75,6 +79,7 @@ def _configure(
             configure_logging(json=json_logs, level=log_level)
         except ValueError as exc:
             raise ConfigError(f"--log-level: {exc}") from None
+        _logging[:] = [(json_logs, log_level)]  # what child processes configure too
 
 
 @app.command()
@@ -93,8 +98,22 @@ def dev(host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT) -> Non
         run_dev(host, port, out)
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=64,
+        help="API processes sharing the port, each with its own connections and the "
+        "instance name <RUNSTREAM_INSTANCE>-<n>.",
+    ),
+]
+
+
 @app.command()
-def api(host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT) -> None:
+def api(
+    host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT, workers: WorkersOption = 1
+) -> None:
     """Serve the HTTP API under uvicorn until SIGTERM or Ctrl-C.
 
     On SIGTERM open streams are closed (clients resume elsewhere with Last-Event-ID)
@@ -105,7 +124,13 @@ def api(host: HostOption = DEFAULT_HOST, port: PortOption = DEFAULT_PORT) -> Non
     with reported_errors():
         settings = load_settings()
         check_bind(host, settings)
-        asyncio.run(serve_api(settings, host, port))
+        if workers == 1:
+            asyncio.run(serve_api(settings, host, port))
+        else:
+            from runstream.cli.processes import serve_processes
+
+            logging = _logging[0] if _logging else (False, "info")
+            asyncio.run(serve_processes(settings, host, port, workers, logging))
 
 
 @app.command()

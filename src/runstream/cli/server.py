@@ -83,10 +83,12 @@ def build_server(
     return ApiServer(config, on_ready)
 
 
-async def serve(server: ApiServer) -> None:
-    """Run ``server`` until it is asked to exit; ApiStartError if it cannot start."""
+async def serve(server: ApiServer, sock: socket.socket | None = None) -> None:
+    """Run ``server`` until it is asked to exit; ApiStartError if it cannot start.
+
+    ``sock``: a socket already listening (shared by several API processes)."""
     try:
-        await server.serve()
+        await server.serve(sockets=None if sock is None else [sock])
     except SystemExit:
         # uvicorn reports a failed bind or a failed lifespan startup with sys.exit()
         # after logging the cause; inside a larger program that must be an error.
@@ -117,10 +119,13 @@ def check_bind(host: str, settings: Settings) -> None:
     )
 
 
-async def serve_api(settings: Settings, host: str, port: int) -> None:
-    """Serve the API on ``host:port`` until SIGTERM or Ctrl-C (a second Ctrl-C forces)."""
+async def serve_api(
+    settings: Settings, host: str, port: int, *, sock: socket.socket | None = None
+) -> None:
+    """Serve the API on ``host:port`` (or on ``sock``) until SIGTERM or Ctrl-C (a second
+    Ctrl-C forces)."""
     from runstream.api.app import create_app  # the whole app stack: only when serving
 
     server = build_server(create_app(settings), settings, host, port)
     with handle_signals(server.request_exit):
-        await serve(server)
+        await serve(server, sock)
