@@ -33,7 +33,7 @@ async def no_system_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
     current = asyncio.current_task()
 
     def tasks_left() -> set[asyncio.Task[Any]]:
-        return {t for t in asyncio.all_tasks() - before - {current} if not _is_foreign(t)}
+        return set(asyncio.all_tasks()) - before - {current}
 
     try:
         await wait_until(lambda: not tasks_left(), timeout=10)
@@ -45,13 +45,6 @@ async def no_system_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
         await wait_until(lambda: redis_server.client_names() == [], timeout=10)
     except AssertionError:
         raise AssertionError(f"connections left: {redis_server.client_names()}") from None
-
-
-def _is_foreign(task: asyncio.Task[Any]) -> bool:
-    """sse-starlette starts one shutdown watcher per event loop on the first stream and
-    keeps it until the loop closes: a library's own task, not one runstream started."""
-    code = getattr(task.get_coro(), "cr_code", None)
-    return code is not None and code.co_filename.endswith("sse_starlette/sse.py")
 
 
 @pytest.fixture

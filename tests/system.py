@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from runstream.api.app import create_app
+from runstream.api.app import close_streams, create_app
 from runstream.config import Settings, load_settings
 from runstream.resources import Resources
 from runstream.worker.executor import Executor
@@ -103,9 +103,8 @@ class Api:
 @contextlib.asynccontextmanager
 async def running_api(settings: Settings) -> AsyncIterator[Api]:
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(server.serve())
@@ -117,4 +116,5 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
                 await asyncio.sleep(0.01)
             yield Api(settings, f"http://127.0.0.1:{port}", server)
         finally:
+            close_streams(app)  # as runstream's own server does when it starts shutting down
             server.should_exit = True

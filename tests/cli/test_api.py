@@ -41,8 +41,8 @@ def test_api_closes_streams_and_exits_on_sigterm(
             assert stream.status_code == 200
             started = time.monotonic()
             api.process.send_signal(signal.SIGTERM)
-            # The server ends the response (sse-starlette cuts it short, so the chunked
-            # body may end abruptly): either way the client resumes elsewhere.
+            # The server ends the response (the chunked body may end abruptly):
+            # either way the client resumes elsewhere.
             with contextlib.suppress(httpx.RemoteProtocolError):
                 for _ in stream.iter_bytes():
                     pass

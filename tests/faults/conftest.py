@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sse_starlette.sse import AppStatus
 
 from tests.api.streaming import read_stream, start
 from tests.faults.accounting import Accountant, Snapshot
@@ -51,7 +50,6 @@ def database_url(sqlite_url: str) -> str:
 async def system(
     redis_server: RedisServer, redis_url: str, database_url: str, fault_settings: dict[str, Any]
 ) -> AsyncIterator[FaultSystem]:
-    AppStatus.should_exit = False  # sse-starlette's process-wide flag (see notes)
     values = {**FAULT_SETTINGS, **fault_settings}
     accountant = Accountant(redis_server)
     async with running_api(
@@ -62,8 +60,8 @@ async def system(
         async with running_worker(worker_settings) as worker, api.client() as client:
             assert worker.resources is not None
             accountant.track("worker", worker.resources)
-            # Warm-up: one run streamed end to end starts every lazy part (sse-starlette's
-            # watcher task, the queue's consumer group) before the baseline is taken.
+            # Warm-up: one run streamed end to end starts every lazy part (the
+            # queue's consumer group, the pools' first connections) before the baseline is taken.
             await read_stream(client, await start(client, "echo", text="warm up"))
             baseline = await accountant.settle()
             yield FaultSystem(api, worker, accountant, baseline, redis_server, client)

@@ -17,10 +17,12 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
 from runstream.streams import keys
+from runstream.streams.follow import follow
 from runstream.streams.pubsub import Decoder, PubSubHub, Subscription
 from tests.api.streaming import read_first, read_stream, start
 from tests.conftest import wait_until
@@ -126,22 +128,30 @@ async def test_f3_stream_cleanup_releases_even_when_its_first_call_fails(
 ) -> None:
     """Finding 3: the stream's clean-up made calls that could raise before it closed.
 
-    When a client leaves, the stream is cancelled, and the cancellation is delivered
-    again at every await of its clean-up: a close placed after another await is skipped,
-    and the connection stays open (until the garbage collector warns about it, which is
-    an error here too)."""
+    Followers are cancelled the way AnyIO cancels a scope (Starlette's task groups and
+    every AnyIO-based middleware do): the cancellation is delivered again at every await
+    of the clean-up, so a close placed after another await is skipped and the connection
+    stays open (until the garbage collector warns about it, which is an error here too)."""
     client = system.client
+    sources = system.api.resources.sources()
     run_id = await start(system.client, "scripted", count=1, hang=True)
+
+    async def follow_in_scope(scope: anyio.CancelScope, got_one: asyncio.Event) -> None:
+        with scope:
+            async with contextlib.aclosing(follow(run_id, 0, sources, poll_s=1.0)) as frames:
+                async for _ in frames:
+                    got_one.set()
+
     for _ in range(3):
         following = [asyncio.Event() for _ in range(5)]
-        readers = [
-            asyncio.create_task(read_first(client, run_id, 100, got_one=e)) for e in following
-        ]
-        async with asyncio.timeout(10):  # every reader has its subscription and an event
-            await asyncio.gather(*(e.wait() for e in following))
-        for reader in readers:
-            reader.cancel()  # the clients leave mid-stream
-        await asyncio.gather(*readers, return_exceptions=True)
+        scopes = [anyio.CancelScope() for _ in following]
+        async with asyncio.TaskGroup() as tg:
+            for scope, got_one in zip(scopes, following, strict=True):
+                tg.create_task(follow_in_scope(scope, got_one))
+            async with asyncio.timeout(10):  # every reader has its subscription and an event
+                await asyncio.gather(*(e.wait() for e in following))
+            for scope in scopes:
+                scope.cancel()  # the readers leave mid-stream
     await client.post(f"/runs/{run_id}/stop")
     assert (await read_stream(client, run_id))[-1]["data"]["status"] == "stopped"
     await back_to_baseline(system)
@@ -196,12 +206,15 @@ async def test_f5_no_task_outlives_the_subscription_that_started_it(
         hub: PubSubHub, channel: str, decode: Decoder | None = None
     ) -> AsyncIterator[Subscription]:
         owner = asyncio.current_task()
+        earlier = set(parent_of)
         try:
             async with current(hub, channel, decode) as sub:
                 yield sub
         finally:
-            # Tasks this scope started (children of its task) that are still pending.
-            orphans.extend(t for t, p in parent_of.items() if p is owner and not t.done())
+            # Tasks started while the subscription was open, by its task, still pending.
+            orphans.extend(
+                t for t, p in parent_of.items() if p is owner and t not in earlier and not t.done()
+            )
 
     run_id = await start(system.client, "scripted", count=30)
     await read_stream(system.client, run_id)  # finished: every stream below is a replay

@@ -82,8 +82,8 @@ async def test_slow_subscriber_is_told_to_resync_instead_of_growing(redis_url: s
             first = await asyncio.wait_for(slow.get(), 5)
             assert slow.overflows >= 1
             items = [first]
-            while not slow._queue.empty():
-                items.append(slow._queue.get_nowait())
+            while len(slow):
+                items.append(await slow.get())
             assert len(items) <= 4
             assert RESYNC in items
 

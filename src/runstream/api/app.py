@@ -15,6 +15,7 @@ from runstream.api.deps import ApiState
 from runstream.api.errors import install_error_handlers
 from runstream.api.limits import BodyLimit
 from runstream.api.metrics import ResourcesCollector
+from runstream.api.sse import OpenStreams
 from runstream.config import Settings
 from runstream.metrics import REGISTRY
 from runstream.resources import open_resources
@@ -23,8 +24,17 @@ from runstream.service import RunService
 log = structlog.get_logger(__name__)
 
 
+def close_streams(app: FastAPI) -> None:
+    """End every event stream the app has open, now and from now on: call it when the
+    server starts shutting down, or open streams hold the shutdown until they end."""
+    streams: OpenStreams = app.state.open_streams
+    streams.close_all()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """An API app for ``settings``; its lifespan opens and closes every connection."""
+
+    streams = OpenStreams()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -32,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
             collector = ResourcesCollector(resources)
             REGISTRY.register(collector)
             try:
-                state = ApiState(resources=resources, runs=RunService(resources))
+                state = ApiState(resources=resources, runs=RunService(resources), streams=streams)
                 app.state.api = state  # for operators' tools and tests
                 log.info("api started", instance=settings.instance)
                 yield {"api": state}
@@ -41,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)
+    app.state.open_streams = streams  # the server ends them all when it starts shutting down
     install_error_handlers(app)
     app.include_router(runs.router)
     app.include_router(stream.router)

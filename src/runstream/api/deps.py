@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Query, Request
 
 from runstream.api.auth import bearer_token, principal_for
 from runstream.api.errors import not_found
+from runstream.api.sse import OpenStreams
 from runstream.resources import Resources
 from runstream.service import RunService
 
@@ -20,6 +21,7 @@ class ApiState:
 
     resources: Resources
     runs: RunService
+    streams: OpenStreams
 
 
 def get_state(request: Request) -> ApiState:

@@ -1,9 +1,9 @@
 """``GET /runs/{id}/stream``: a run's events as Server-Sent Events.
 
 The subscription is taken inside the response's generator, not in the endpoint, so a
-client that leaves before the first event holds nothing (sse-starlette#156). The
-generator runs under ``aclosing``: a disconnect, a send timeout or a server shutdown
-releases the subscription at once.
+client that leaves before the first event holds nothing. The generator runs under
+``aclosing``: a disconnect, a send timeout or a server shutdown releases the
+subscription at once (``api/sse.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query
-from sse_starlette import EventSourceResponse
 
 from runstream.api.deps import RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError
+from runstream.api.sse import EventStreamResponse
 from runstream.errors import BackendUnavailable
 from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
 from runstream.resources import Resources
@@ -27,14 +27,14 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["stream"])
 
 
-@router.get("/runs/{run_id}/stream", response_class=EventSourceResponse)
+@router.get("/runs/{run_id}/stream", response_class=EventStreamResponse)
 async def stream_run(
     run_id: RunId,
     state: State,
     principal: StreamPrincipal,
     after: Annotated[int | None, Query(ge=0)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     """Replay the run's events after the cursor, then follow it live until it ends."""
     res = state.resources
     cursor = _cursor(last_event_id, after)
@@ -45,10 +45,10 @@ async def stream_run(
     # that opens and closes empty.
     await res.reads.log_exists(run_id)
     heartbeat = res.settings.heartbeat_s
-    return EventSourceResponse(
+    return EventStreamResponse(
         _events(res, run_id, cursor),
-        ping=heartbeat,
-        send_timeout=max(2 * heartbeat, 5.0),
+        streams=state.streams,
+        send_timeout_s=max(2 * heartbeat, 5.0),
         headers={"Cache-Control": "no-store"},
     )
 
@@ -66,14 +66,17 @@ def _cursor(last_event_id: str | None, after: int | None) -> int:
     return value
 
 
-async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[bytes]:
-    poll_s = res.settings.heartbeat_s
+async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[bytes | None]:
     labels = (res.role, res.settings.instance)
     active, delivered = ACTIVE_STREAMS.labels(*labels), EVENTS_DELIVERED.labels(*labels)
     active.inc()
+    frames = follow(run_id, after, res.sources(), poll_s=res.settings.heartbeat_s, idle=True)
     try:
-        async with contextlib.aclosing(follow(run_id, after, res.sources(), poll_s=poll_s)) as it:
+        async with contextlib.aclosing(frames) as it:
             async for frame in it:
+                if frame is None:
+                    yield None  # a quiet period: the response sends a keep-alive comment
+                    continue
                 yield frame.sse  # encoded once for every reader of the process
                 delivered.inc()
     except BackendUnavailable as exc:

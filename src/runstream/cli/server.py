@@ -38,8 +38,11 @@ class ApiStartError(RunstreamError):
 class ApiServer(uvicorn.Server):
     """A uvicorn server that leaves signals alone and can say when it listens."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: FastAPI, on_ready: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(config)
+        self._app = app
         self._on_ready = on_ready
 
     @contextlib.contextmanager
@@ -54,12 +57,14 @@ class ApiServer(uvicorn.Server):
             self._on_ready()
 
     def request_exit(self, sig: int = signal.SIGTERM) -> None:
-        """Stop serving; a second SIGINT forces the exit (open streams are cut).
+        """Stop serving; a second SIGINT forces the exit.
 
-        Goes through ``handle_exit`` rather than setting ``should_exit``: sse-starlette
-        hooks that method to end open event streams at once, so clients resume
-        elsewhere instead of holding the shutdown for its whole grace period.
+        Open event streams end at once, so their clients resume elsewhere instead of
+        holding the shutdown for its whole grace period; requests in flight get the grace.
         """
+        from runstream.api.app import close_streams  # loaded with the app already
+
+        close_streams(self._app)
         self.handle_exit(sig, None)
 
 
@@ -80,7 +85,7 @@ def build_server(
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         log_config=None,  # logging is configured once, by runstream.logs
     )
-    return ApiServer(config, on_ready)
+    return ApiServer(config, app, on_ready)
 
 
 async def serve(server: ApiServer, sock: socket.socket | None = None) -> None:

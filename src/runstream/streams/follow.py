@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from runstream.models import Run, gap_event, status_event
 from runstream.streams import keys
@@ -53,14 +54,27 @@ class _Cursor:
         return True
 
 
+@overload
+def follow(
+    run_id: str, after: int, sources: Sources, *, poll_s: float = ..., idle: Literal[False] = ...
+) -> AsyncGenerator[Frame]: ...
+
+
+@overload
+def follow(
+    run_id: str, after: int, sources: Sources, *, poll_s: float = ..., idle: Literal[True]
+) -> AsyncGenerator[Frame | None]: ...
+
+
 async def follow(
-    run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0
-) -> AsyncGenerator[Frame]:
+    run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0, idle: bool = False
+) -> AsyncGenerator[Frame | None]:
     """Yield the run's events (as frames) with ``seq > after`` until its terminal event.
 
     ``poll_s`` bounds how long the follower trusts a silent channel before it looks at
-    the log again. Consume it inside ``contextlib.aclosing`` so the subscription is
-    released the moment the consumer leaves.
+    the log again; with ``idle`` it also yields None at each such quiet period (for a
+    keep-alive, so a stream needs no timer of its own). Consume it inside
+    ``contextlib.aclosing`` so the subscription is released the moment the consumer leaves.
     """
     cursor = _Cursor(after)
     channel = keys.run_notify(run_id)
@@ -77,6 +91,8 @@ async def follow(
                     message = await sub.get()
             except TimeoutError:
                 stale = polled = True
+                if idle:
+                    yield None
                 continue
             if message is RESYNC:
                 stale = True

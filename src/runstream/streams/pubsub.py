@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,29 +62,52 @@ Decoder = Callable[[bytes], object]
 
 
 class Subscription:
-    """One local subscriber's bounded view of one channel."""
+    """One local subscriber's bounded view of one channel.
+
+    A deque and one waiter rather than an ``asyncio.Queue`` (which carries two more
+    deques and an Event): an API process holds one of these per open stream.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter", "channel", "overflows")
 
     def __init__(self, channel: str, maxsize: int) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize)
+        self._items: deque[Message] = deque()
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
         self.overflows = 0
+
+    def __len__(self) -> int:
+        """Messages waiting to be read."""
+        return len(self._items)
 
     async def get(self) -> Message:
         """The next message, or :data:`RESYNC` when some may have been missed."""
-        return await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
     def _deliver(self, message: Message) -> None:
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._maxsize:
             self.overflows += 1
             self._resync()
+            return
+        self._items.append(message)
+        self._wake()
 
     def _resync(self) -> None:
         # Anything still queued is older than the log the subscriber is about to read.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(RESYNC)
+        self._items.clear()
+        self._items.append(RESYNC)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,117 @@
+"""A lean Server-Sent Events response: the request's own task plus one disconnect watcher.
+
+Idle streams are what an API process holds most of, so each costs as little as it can:
+the frames arrive already encoded (once per process, ``streams.frames``), keep-alive
+comments come from the follower's own quiet-period timer (no ping task), and the only
+extra task waits for the client to leave. Everything that ends a stream ends it the
+same way, through one deadline: the client leaving, the server shutting down
+(:meth:`OpenStreams.close_all`) or a client that stopped reading (a send that does not
+complete within ``send_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+import structlog
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from runstream.concurrency import helper_task
+
+log = structlog.get_logger(__name__)
+
+PING = b": ping\n\n"
+"""The keep-alive comment sent after a quiet period (an EventSource ignores it)."""
+
+
+class OpenStreams:
+    """The event streams open in one API process, so that a shutdown ends them at once
+    (their clients resume elsewhere with ``Last-Event-ID``) instead of holding it."""
+
+    def __init__(self) -> None:
+        self._deadlines: set[asyncio.Timeout] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    def close_all(self) -> None:
+        """End every open stream now, and every stream opened from now on at once."""
+        self.closing = True
+        for deadline in list(self._deadlines):
+            _expire(deadline)
+
+    @contextlib.contextmanager
+    def track(self, deadline: asyncio.Timeout) -> Iterator[None]:
+        """Count the stream ending at ``deadline`` as open for the block."""
+        self._deadlines.add(deadline)
+        if self.closing:
+            _expire(deadline)
+        try:
+            yield
+        finally:
+            self._deadlines.discard(deadline)
+
+
+def _expire(deadline: asyncio.Timeout) -> None:
+    if not deadline.expired():
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+
+class EventStreamResponse(StreamingResponse):
+    """``text/event-stream`` from an iterator of encoded frames (``None``: a quiet period)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes | None],
+        *,
+        streams: OpenStreams,
+        send_timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        # X-Accel-Buffering: a proxy that buffers responses would hold events back.
+        # The frames are sent by __call__ below, not by StreamingResponse's loop.
+        super().__init__((), headers={"X-Accel-Buffering": "no", **(headers or {})})
+        self._frames = frames
+        self._streams = streams
+        self._send_timeout_s = send_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await send(start)
+        try:
+            async with asyncio.timeout(None) as deadline:
+                with self._streams.track(deadline):
+                    async with helper_task(_until_disconnect(receive, deadline), name="sse-exit"):
+                        await self._send_frames(send)
+        except TimeoutError:
+            pass  # the client left or the server is closing: the deadline ended the stream
+        # End the chunked body cleanly, so the client sees the stream end and resumes.
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(self._send_timeout_s):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_frames(self, send: Send) -> None:
+        async with contextlib.aclosing(self._frames) as frames:  # type: ignore[type-var]
+            async for frame in frames:
+                body = PING if frame is None else frame
+                try:
+                    async with asyncio.timeout(self._send_timeout_s):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                except TimeoutError:
+                    log.info(
+                        "stream ended: the client stopped reading", after_s=self._send_timeout_s
+                    )
+                    return
+
+
+async def _until_disconnect(receive: Receive, deadline: asyncio.Timeout) -> None:
+    """Wait for the client to go, then end the stream (its subscription goes with it)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    _expire(deadline)
