@@ -36,6 +36,11 @@ class BodyLimit:
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send)
             return
+        if not _is_chunked(scope):
+            # No body, or one whose declared length the HTTP server enforces: nothing to
+            # count, and the response (an event stream, often) is sent without a wrapper.
+            await self.app(scope, receive, send)
+            return
         received = 0
         started = False
 
@@ -85,3 +90,7 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _is_chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in scope["headers"])

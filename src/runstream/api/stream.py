@@ -21,7 +21,7 @@ from runstream.api.sse import EventStreamResponse
 from runstream.errors import BackendUnavailable
 from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
 from runstream.resources import Resources
-from runstream.streams.follow import follow
+from runstream.streams.follow import follow_batches
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["stream"])
@@ -70,15 +70,19 @@ async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[byte
     labels = (res.role, res.settings.instance)
     active, delivered = ACTIVE_STREAMS.labels(*labels), EVENTS_DELIVERED.labels(*labels)
     active.inc()
-    frames = follow(run_id, after, res.sources(), poll_s=res.settings.heartbeat_s, idle=True)
+    batches = follow_batches(
+        run_id, after, res.sources(), poll_s=res.settings.heartbeat_s, idle=True
+    )
     try:
-        async with contextlib.aclosing(frames) as it:
-            async for frame in it:
-                if frame is None:
+        async with contextlib.aclosing(batches) as it:
+            async for batch in it:
+                if batch is None:
                     yield None  # a quiet period: the response sends a keep-alive comment
                     continue
-                yield frame.sse  # encoded once for every reader of the process
-                delivered.inc()
+                # Each frame was encoded once for every reader of the process; what is at
+                # hand at once goes in one write.
+                yield batch[0].sse if len(batch) == 1 else b"".join(f.sse for f in batch)
+                delivered.inc(len(batch))
     except BackendUnavailable as exc:
         # The headers are gone already: end the stream; the client resumes from its id.
         log.warning("stream ended early", run_id=run_id, error=str(exc))

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from runstream.api.app import create_app
 from runstream.cli.embedded_redis import embedded_redis
+from runstream.cli.loop import run as run_loop
 from runstream.cli.server import build_server, check_bind, serve
 from runstream.cli.signals import Interrupts, handle_signals
 from runstream.cli.worker import still_winding_down
@@ -62,7 +63,7 @@ def run_dev(host: str, port: int, console: Console) -> None:
         url = api_url(host, port)
         banner = functools.partial(print_banner, console, url, api, redis)
         server = build_server(create_app(api), api, host, port, on_ready=banner)
-        asyncio.run(DevSystem(server, worker).run())
+        run_loop(DevSystem(server, worker).run())
 
 
 @contextmanager

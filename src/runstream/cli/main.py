@@ -17,6 +17,7 @@ import orjson
 import structlog
 import typer
 
+from runstream.cli.loop import run as run_loop
 from runstream.cli.options import ApiUrlOption, TokenOption
 from runstream.cli.soak import soak
 from runstream.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError
@@ -125,12 +126,12 @@ def api(
         settings = load_settings()
         check_bind(host, settings)
         if workers == 1:
-            asyncio.run(serve_api(settings, host, port))
+            run_loop(serve_api(settings, host, port))
         else:
             from runstream.cli.processes import serve_processes
 
             logging = _logging[0] if _logging else (False, "info")
-            asyncio.run(serve_processes(settings, host, port, workers, logging))
+            run_loop(serve_processes(settings, host, port, workers, logging))
 
 
 @app.command()
@@ -144,7 +145,7 @@ def worker() -> None:
 
     with reported_errors():
         settings = load_settings()
-        asyncio.run(serve_worker(settings))
+        run_loop(serve_worker(settings))
 
 
 @app.command()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from runstream.cli.loop import run as run_loop
 from runstream.cli.server import ApiStartError
 from runstream.cli.signals import handle_signals
 from runstream.errors import ConfigError
@@ -72,7 +73,7 @@ def _child(sock: socket.socket, index: int, log_json: bool, log_level: str) -> N
     base = load_settings()
     settings = load_settings(instance=instance_of(base.instance, index))
     host, port = sock.getsockname()[:2]
-    asyncio.run(serve_api(settings, host, port, sock=sock))
+    run_loop(serve_api(settings, host, port, sock=sock))
 
 
 class Supervisor:

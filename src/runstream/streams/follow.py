@@ -15,6 +15,7 @@ announced with one ``gap`` event. The stream ends after the terminal status even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -22,7 +23,7 @@ from typing import Literal, overload
 from runstream.models import Run, gap_event, status_event
 from runstream.streams import keys
 from runstream.streams.frames import Frame, notification_frame, to_frame
-from runstream.streams.pubsub import RESYNC, PubSubHub
+from runstream.streams.pubsub import RESYNC, Message, PubSubHub
 from runstream.streams.reads import SharedReads
 
 PAGE = 500
@@ -55,25 +56,29 @@ class _Cursor:
 
 
 @overload
-def follow(
+def follow_batches(
     run_id: str, after: int, sources: Sources, *, poll_s: float = ..., idle: Literal[False] = ...
-) -> AsyncGenerator[Frame]: ...
+) -> AsyncGenerator[list[Frame]]: ...
 
 
 @overload
-def follow(
+def follow_batches(
     run_id: str, after: int, sources: Sources, *, poll_s: float = ..., idle: Literal[True]
-) -> AsyncGenerator[Frame | None]: ...
+) -> AsyncGenerator[list[Frame] | None]: ...
 
 
-async def follow(
+async def follow_batches(
     run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0, idle: bool = False
-) -> AsyncGenerator[Frame | None]:
-    """Yield the run's events (as frames) with ``seq > after`` until its terminal event.
+) -> AsyncGenerator[list[Frame] | None]:
+    """Yield the run's events with ``seq > after``, in order, in batches, until its
+    terminal event.
 
-    ``poll_s`` bounds how long the follower trusts a silent channel before it looks at
-    the log again; with ``idle`` it also yields None at each such quiet period (for a
-    keep-alive, so a stream needs no timer of its own). Consume it inside
+    A batch is what is at hand at once: a page of the log, or every notification that
+    arrived while the consumer was busy. A consumer behind the run thus writes several
+    events at once (one write, one syscall), and the busier the process, the larger the
+    batches. ``poll_s`` bounds how long the follower trusts a silent channel before it
+    looks at the log again; with ``idle`` it also yields None at each such quiet period
+    (for a keep-alive, so a stream needs no timer of its own). Consume it inside
     ``contextlib.aclosing`` so the subscription is released the moment the consumer leaves.
     """
     cursor = _Cursor(after)
@@ -82,37 +87,59 @@ async def follow(
         stale, polled = True, False  # the log must be read before trusting notifications
         while not cursor.finished:
             if stale:
-                async for frame in _catch_up(run_id, cursor, sources, poll=polled):
-                    yield frame
+                async for batch in _catch_up(run_id, cursor, sources, poll=polled):
+                    yield batch
                 stale = polled = False
                 continue
             try:
                 async with asyncio.timeout(poll_s):
-                    message = await sub.get()
+                    first = await sub.get()
             except TimeoutError:
                 stale = polled = True
                 if idle:
                     yield None
                 continue
-            if message is RESYNC:
-                stale = True
-                continue
-            assert isinstance(message, Frame)
-            if message.seq == cursor.seq + 1:
-                cursor.accept(message)
-                yield message
-            elif message.seq > cursor.seq + 1:
-                stale = True  # skipped one or more: the log has them
+            batch, stale = _live_batch(cursor, [first, *sub.drain()])
+            if batch:
+                yield batch
+
+
+def _live_batch(cursor: _Cursor, messages: list[Message]) -> tuple[list[Frame], bool]:
+    """The next frames among live ``messages``, and whether the log must be read (a
+    resync, or a skipped ``seq``)."""
+    batch: list[Frame] = []
+    for message in messages:
+        if message is RESYNC:
+            return batch, True
+        assert isinstance(message, Frame)
+        if message.seq == cursor.seq + 1:
+            cursor.accept(message)
+            batch.append(message)
+            if cursor.finished:
+                break
+        elif message.seq > cursor.seq + 1:
+            return batch, True  # skipped one or more: the log has them
+    return batch, False
+
+
+async def follow(
+    run_id: str, after: int, sources: Sources, *, poll_s: float = 5.0
+) -> AsyncGenerator[Frame]:
+    """:func:`follow_batches`, one frame at a time."""
+    async with contextlib.aclosing(follow_batches(run_id, after, sources, poll_s=poll_s)) as it:
+        async for batch in it:
+            for frame in batch:
+                yield frame
 
 
 async def _catch_up(
     run_id: str, cursor: _Cursor, sources: Sources, *, poll: bool
-) -> AsyncIterator[Frame]:
+) -> AsyncIterator[list[Frame]]:
     """Deliver everything after the cursor that Redis or the archive still holds."""
     delivered = False
-    async for frame in _from_log(run_id, cursor, sources, poll=poll):
+    async for batch in _from_log(run_id, cursor, sources, poll=poll):
         delivered = True
-        yield frame
+        yield batch
     if delivered or cursor.finished:
         return
     # Nothing new in Redis: either the run goes on, or it is over and its log is gone
@@ -125,17 +152,17 @@ async def _catch_up(
         return
     # The record leads the stream: it may have turned final after the log was read, with
     # the run's last events appended in between. Read the log again before the archive.
-    async for frame in _from_log(run_id, cursor, sources, poll=False):
-        yield frame
+    async for batch in _from_log(run_id, cursor, sources, poll=False):
+        yield batch
     if cursor.finished:
         return
-    async for frame in _from_archive(run, cursor, sources):
-        yield frame
+    async for batch in _from_archive(run, cursor, sources):
+        yield batch
 
 
 async def _from_log(
     run_id: str, cursor: _Cursor, sources: Sources, *, poll: bool
-) -> AsyncIterator[Frame]:
+) -> AsyncIterator[list[Frame]]:
     """Deliver what the Redis log holds after the cursor."""
     reads, first = sources.reads, cursor.seq
 
@@ -143,45 +170,45 @@ async def _from_log(
         # Only the first page of a poll may be answered from the last look at the log.
         return await reads.log_page(run, after, limit, poll=poll and after == first)
 
-    async for frame in _pages(read, run_id, cursor):
-        yield frame
+    async for batch in _pages(read, run_id, cursor):
+        yield batch
 
 
-async def _pages(read: ReadPage, run_id: str, cursor: _Cursor) -> AsyncIterator[Frame]:
+async def _pages(read: ReadPage, run_id: str, cursor: _Cursor) -> AsyncIterator[list[Frame]]:
     """Deliver ``read``'s frames after the cursor page by page, a gap first where the
     source starts later than the cursor's next ``seq``."""
     while not cursor.finished:
-        batch = await read(run_id, cursor.seq, PAGE)
-        if not batch:
+        page = await read(run_id, cursor.seq, PAGE)
+        if not page:
             return
-        if batch[0].seq > cursor.seq + 1:
-            yield _skip_to(cursor, batch[0].seq - 1)
-        for frame in batch:
+        batch = [_skip_to(cursor, page[0].seq - 1)] if page[0].seq > cursor.seq + 1 else []
+        for frame in page:
             if cursor.accept(frame):
-                yield frame
+                batch.append(frame)
             if cursor.finished:
-                return
-        if len(batch) < PAGE:
+                break
+        if batch:
+            yield batch
+        if cursor.finished or len(page) < PAGE:
             return
 
 
-async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[Frame]:
+async def _from_archive(run: Run, cursor: _Cursor, sources: Sources) -> AsyncIterator[list[Frame]]:
     """Replay a finished run from the database, then make sure it ends with its status."""
-    async for frame in _pages(sources.reads.archive_page, run.id, cursor):
-        yield frame
+    async for batch in _pages(sources.reads.archive_page, run.id, cursor):
+        yield batch
     if cursor.finished:
         return
     # The terminal event is in neither place (the record is final before it is appended,
     # or it was lost): the record says how the run ended, and what is missing before it
     # is a gap. The rebuilt event equals the worker's: same seq, status, error and ts.
     final_seq = max(run.last_seq, cursor.seq + 1)
-    if final_seq - 1 > cursor.seq:
-        yield _skip_to(cursor, final_seq - 1)
+    batch = [_skip_to(cursor, final_seq - 1)] if final_seq - 1 > cursor.seq else []
     final = to_frame(
         status_event(run.status, final_seq, run.completed_at or run.created_at, run.error)
     )
     cursor.accept(final)
-    yield final
+    yield [*batch, final]
 
 
 def _skip_to(cursor: _Cursor, last_missing: int) -> Frame:

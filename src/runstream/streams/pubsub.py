@@ -91,6 +91,12 @@ class Subscription:
                 self._waiter = None
         return self._items.popleft()
 
+    def drain(self) -> list[Message]:
+        """Every message waiting now, without waiting for more."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def _deliver(self, message: Message) -> None:
         if len(self._items) >= self._maxsize:
             self.overflows += 1
