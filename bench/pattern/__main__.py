@@ -31,7 +31,13 @@ def main() -> None:
     else:
         from bench.pattern.worker import run_worker
 
-        asyncio.run(run_worker())
+        try:  # the same event loop as runstream's worker gets (uvloop when installed)
+            import uvloop
+        except ImportError:
+            asyncio.run(run_worker())
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run_worker())
 
 
 if __name__ == "__main__":

@@ -115,3 +115,30 @@ def collapse_excgroups() -> Iterator[None]:
         if error is group:
             raise
         raise error from error.__cause__
+
+
+@contextlib.asynccontextmanager
+async def ended_by_deadline() -> AsyncIterator[asyncio.Timeout]:
+    """A block that ends quietly when its deadline expires; the deadline starts unset.
+
+    Whoever may end the block early reschedules it (``deadline.reschedule(now)``): the
+    block is cancelled at its current await and exits without an error. A TimeoutError
+    raised inside for another reason still propagates.
+    """
+    deadline = asyncio.timeout(None)
+    try:
+        async with deadline:
+            yield deadline
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+
+
+async def completes_within(aw: Awaitable[Any], seconds: float) -> bool:
+    """Await ``aw`` for at most ``seconds``; False (and ``aw`` cancelled) when it took longer."""
+    try:
+        async with asyncio.timeout(seconds):
+            await aw
+    except TimeoutError:
+        return False
+    return True

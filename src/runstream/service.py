@@ -57,6 +57,10 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
 
     The last BackendUnavailable is raised when the time is up.
     """
+    try:
+        return await call()  # the usual case, without building a retry policy per call
+    except BackendUnavailable as exc:
+        _log_first_failure(exc)
     retry = AsyncRetrying(
         retry=retry_if_exception_type(BackendUnavailable),
         stop=stop_after_delay(within_s),
@@ -70,6 +74,10 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
         return await call()
 
     return await retry(attempt)
+
+
+def _log_first_failure(error: BackendUnavailable) -> None:
+    log.warning("backend unavailable; retrying", error=str(error))
 
 
 def _log_retry(state: Any) -> None:
@@ -89,6 +97,10 @@ class EventWriter:
         self._run_id = run_id
         self._retry_s = retry_s
         self.next_seq = next_seq
+        labels = (resources.role, resources.settings.instance)
+        # Looked up once: a labelled child is a dict lookup under a lock, per event otherwise.
+        self._appended = EVENTS_APPENDED.labels(*labels)
+        self._round_trips = APPEND_ROUND_TRIPS.labels(*labels)
 
     async def write(self, event: Event) -> None:
         """Append ``event``, whose ``seq`` must be :attr:`next_seq`."""
@@ -104,9 +116,8 @@ class EventWriter:
                 raise ValueError(f"seq must stay contiguous: expected {expected}, got {event.seq}")
         batch = list(events)
         await retrying(lambda: self._res.log.append(self._run_id, batch), within_s=self._retry_s)
-        labels = (self._res.role, self._res.settings.instance)
-        EVENTS_APPENDED.labels(*labels).inc(len(batch))
-        APPEND_ROUND_TRIPS.labels(*labels).inc()
+        self._appended.inc(len(batch))
+        self._round_trips.inc()
         self.next_seq += len(batch)
 
 

@@ -19,7 +19,7 @@ import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from runstream.concurrency import helper_task
+from runstream.concurrency import completes_within, ended_by_deadline, helper_task
 
 log = structlog.get_logger(__name__)
 
@@ -84,29 +84,22 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
-        try:
-            async with asyncio.timeout(None) as deadline:
-                with self._streams.track(deadline):
-                    async with helper_task(_until_disconnect(receive, deadline), name="sse-exit"):
-                        await self._send_frames(send)
-        except TimeoutError:
-            pass  # the client left or the server is closing: the deadline ended the stream
+        # The client leaving or the server closing expires the deadline: the block ends.
+        async with ended_by_deadline() as deadline:
+            with self._streams.track(deadline):
+                async with helper_task(_until_disconnect(receive, deadline), name="sse-exit"):
+                    await self._send_frames(send)
         # End the chunked body cleanly, so the client sees the stream end and resumes.
-        with contextlib.suppress(TimeoutError, OSError):
-            async with asyncio.timeout(self._send_timeout_s):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        end = {"type": "http.response.body", "body": b"", "more_body": False}
+        await completes_within(send(end), self._send_timeout_s)
 
     async def _send_frames(self, send: Send) -> None:
         async with contextlib.aclosing(self._frames) as frames:  # type: ignore[type-var]
             async for frame in frames:
-                body = PING if frame is None else frame
-                try:
-                    async with asyncio.timeout(self._send_timeout_s):
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                except TimeoutError:
-                    log.info(
-                        "stream ended: the client stopped reading", after_s=self._send_timeout_s
-                    )
+                body = {"type": "http.response.body", "body": frame or PING, "more_body": True}
+                if not await completes_within(send(body), self._send_timeout_s):
+                    timeout = self._send_timeout_s
+                    log.info("stream ended: the client stopped reading", after_s=timeout)
                     return
 
 
