@@ -24,7 +24,7 @@ from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources
 from runstream.streams.pubsub import PubSubHub, open_hub
-from runstream.streams.reads import SharedReads, open_shared_reads
+from runstream.streams.reads import SharedReads
 
 RESERVED_REDIS_CONNECTIONS = 2
 """Command connections followers' reads leave to everything else (the pool's keeper,
@@ -92,7 +92,7 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
         errors = RedisErrors(role=role, instance=settings.instance)
         log = EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors)
         reads = await stack.enter_async_context(
-            open_shared_reads(
+            SharedReads(
                 log=log,
                 load_run=store.get_run,
                 read_archive=store.read_events,

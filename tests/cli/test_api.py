@@ -22,17 +22,22 @@ GRACE_S = 30
 """Long on purpose: the API must close its streams at once, not wait this out."""
 
 
+def api_env(server: RedisServer, tmp_path: Path, instance: str, **more: str) -> dict[str, str]:
+    """The environment of an API (and its worker) on ``server`` and a SQLite file."""
+    return cli_env(
+        RUNSTREAM_REDIS_URL=server.url,
+        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
+        RUNSTREAM_INSTANCE=instance,
+        **more,
+    )
+
+
 def test_api_closes_streams_and_exits_on_sigterm(
     private_redis: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = cli_env(
-        RUNSTREAM_REDIS_URL=private_redis.url,
-        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
-        RUNSTREAM_SHUTDOWN_GRACE_S=str(GRACE_S),
-        RUNSTREAM_INSTANCE="a1",
-    )
+    env = api_env(private_redis, tmp_path, "a1", RUNSTREAM_SHUTDOWN_GRACE_S=str(GRACE_S))
     with background("api", "--port", str(port), env=env, workdir=tmp_path) as api:
         wait_healthy(url, api)
         # No worker runs: the run stays queued and its stream stays open, waiting.
@@ -70,11 +75,7 @@ def test_api_workers_serve_one_port_from_several_processes_and_streams_resume_ac
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = cli_env(
-        RUNSTREAM_REDIS_URL=private_redis.url,
-        RUNSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'runstream.db'}",
-        RUNSTREAM_INSTANCE="multi",
-    )
+    env = api_env(private_redis, tmp_path, "multi")
     with (
         background("api", "--port", str(port), "--workers", "2", env=env, workdir=tmp_path) as api,
         background("worker", env={**env, "RUNSTREAM_INSTANCE": "wk"}, workdir=tmp_path),

@@ -20,7 +20,7 @@ from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources, follow
 from runstream.streams.pubsub import PubSubHub, open_hub
-from runstream.streams.reads import LoadRun, open_shared_reads
+from runstream.streams.reads import LoadRun, SharedReads
 
 pytestmark = pytest.mark.usefixtures("no_task_leaks")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -104,7 +104,7 @@ def records(store: RunStore) -> Records:
 async def shared_sources(
     hub: PubSubHub, log: EventLog, store: RunStore, load_run: LoadRun | None = None
 ) -> AsyncIterator[Sources]:
-    async with open_shared_reads(
+    async with SharedReads(
         log=log,
         load_run=load_run or store.get_run,
         read_archive=store.read_events,

@@ -18,7 +18,7 @@ from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources, follow
 from runstream.streams.frames import Frame
 from runstream.streams.pubsub import open_hub
-from runstream.streams.reads import SharedReads, open_shared_reads
+from runstream.streams.reads import SharedReads
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_task_leaks")
@@ -45,7 +45,7 @@ async def store(sqlite_url: str) -> AsyncIterator[RunStore]:
 @pytest.fixture
 async def reads(redis: Redis, store: RunStore) -> AsyncIterator[SharedReads]:
     log = EventLog(redis, ttl_s=60, errors=ERRORS)
-    async with open_shared_reads(
+    async with SharedReads(
         log=log,
         load_run=store.get_run,
         read_archive=store.read_events,

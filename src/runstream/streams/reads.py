@@ -24,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from runstream.models import Event, Run
 from runstream.streams.eventlog import EventLog
@@ -57,11 +56,15 @@ class _Outcome(Generic[V]):
         return self.value  # type: ignore[return-value]
 
 
-class SingleFlight(Generic[K, V]):
-    """Runs one read per key at a time in ``group``; callers of a key in flight share it."""
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
-    def __init__(self, group: asyncio.TaskGroup, gate: asyncio.Semaphore) -> None:
-        self._group = group
+
+class SingleFlight(Generic[K, V]):
+    """Runs one read per key at a time (as a task ``spawn`` starts); callers of a key in
+    flight share it."""
+
+    def __init__(self, spawn: Spawn, gate: asyncio.Semaphore) -> None:
+        self._spawn = spawn
         self._gate = gate
         self._flights: dict[K, asyncio.Task[_Outcome[V]]] = {}
         self.reads = 0  # reads actually made, for tests and metrics
@@ -70,7 +73,7 @@ class SingleFlight(Generic[K, V]):
         """The result of ``read()``, or of the read of ``key`` already in flight."""
         task = self._flights.get(key)
         if task is None:
-            task = self._group.create_task(self._fly(key, read))
+            task = self._spawn(self._fly(key, read))
             self._flights[key] = task
         # Shielded: a caller that leaves (its client went) does not cancel the others' read.
         outcome = await asyncio.shield(task)
@@ -90,13 +93,13 @@ class SingleFlight(Generic[K, V]):
 class SharedReads:
     """The log, record and archive reads of every follower in the process.
 
-    Open with :func:`open_shared_reads`. ``log_gate`` bounds concurrent Redis reads,
+    An async context manager: its reads run as tasks of its own task group, cancelled
+    and awaited on exit. ``log_gate`` bounds concurrent Redis reads,
     ``db_gate`` concurrent database reads; both must be below the pools' sizes.
     """
 
     def __init__(
         self,
-        group: asyncio.TaskGroup,
         *,
         log: EventLog,
         load_run: LoadRun,
@@ -110,18 +113,38 @@ class SharedReads:
         self._read_archive = read_archive
         self._fresh_s = fresh_s
         redis_gate, database_gate = asyncio.Semaphore(log_gate), asyncio.Semaphore(db_gate)
+        self._group: asyncio.TaskGroup | None = None
+        spawn = self._spawn
         self._pages: SingleFlight[tuple[str, int, int], list[Frame]] = SingleFlight(
-            group, redis_gate
+            spawn, redis_gate
         )
-        self._exists: SingleFlight[str, bool] = SingleFlight(group, redis_gate)
-        self._records: SingleFlight[str, Run | None] = SingleFlight(group, database_gate)
+        self._exists: SingleFlight[str, bool] = SingleFlight(spawn, redis_gate)
+        self._records: SingleFlight[str, Run | None] = SingleFlight(spawn, database_gate)
         self._archive: SingleFlight[tuple[str, int, int], list[Frame]] = SingleFlight(
-            group, database_gate
+            spawn, database_gate
         )
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._final: OrderedDict[str, Run] = OrderedDict()
         # run id -> (monotonic time of the last log read, highest seq that read saw)
         self._checked: dict[str, tuple[float, int]] = {}
+
+    async def __aenter__(self) -> SharedReads:
+        self._group = await asyncio.TaskGroup().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        group, self._group = self._group, None
+        assert group is not None
+        for flights in (self._pages, self._exists, self._records, self._archive):
+            for task in list(flights._flights.values()):
+                task.cancel()
+        await group.__aexit__(None, None, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        if self._group is None:
+            coro.close()
+            raise RuntimeError("SharedReads used outside its `async with` block")
+        return self._group.create_task(coro)
 
     @property
     def redis_reads(self) -> int:
@@ -206,32 +229,3 @@ class SharedReads:
         cache.move_to_end(key)
         if len(cache) > OWNERS_CACHED:
             cache.popitem(last=False)
-
-
-@asynccontextmanager
-async def open_shared_reads(
-    *,
-    log: EventLog,
-    load_run: LoadRun,
-    read_archive: ReadArchive,
-    log_gate: int,
-    db_gate: int,
-    fresh_s: float,
-) -> AsyncIterator[SharedReads]:
-    """Shared reads whose tasks end (cancelled, then awaited) when the block exits."""
-    async with asyncio.TaskGroup() as group:
-        reads = SharedReads(
-            group,
-            log=log,
-            load_run=load_run,
-            read_archive=read_archive,
-            log_gate=log_gate,
-            db_gate=db_gate,
-            fresh_s=fresh_s,
-        )
-        try:
-            yield reads
-        finally:
-            for flights in (reads._pages, reads._exists, reads._records, reads._archive):
-                for task in list(flights._flights.values()):
-                    task.cancel()
