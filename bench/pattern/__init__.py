@@ -1,8 +1,8 @@
 """The per-stream pub/sub pattern of the original system, re-implemented for comparison.
 
-What it reproduces (the agent-run pipeline described in
-``/work/shared/seed-redis-connection-leak-fixes.md``, *after* its five fixes, so it
-leaks nothing beyond what the pattern itself holds):
+What it reproduces (the agent-run pipeline of the original system, as its post-mortem
+of the "Too many connections" leak describes it, *after* its five fixes, so it leaks
+nothing beyond what the pattern itself holds):
 
 * **API, per stream** (``backend/agent/api.py``'s stream endpoint): check the run in the
   database, ``LRANGE`` the run's response list from 0 and send it, then open **two
