@@ -116,9 +116,18 @@ class EventWriter:
                 raise ValueError(f"seq must stay contiguous: expected {expected}, got {event.seq}")
         batch = list(events)
         await retrying(lambda: self._res.log.append(self._run_id, batch), within_s=self._retry_s)
-        self._appended.inc(len(batch))
         self._round_trips.inc()
-        self.next_seq += len(batch)
+        self.appended(batch)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def appended(self, events: Sequence[Event]) -> None:
+        """Count ``events`` as appended by someone else on this writer's behalf (the
+        worker's shared appender), so :attr:`next_seq` stays the next one to write."""
+        self._appended.inc(len(events))
+        self.next_seq += len(events)
 
 
 class RunService:

@@ -55,12 +55,34 @@ class EventLog:
         """Append ``events`` (increasing ``seq``) and notify readers; returns how many were new."""
         if not events:
             return 0
-        args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
-        for event in events:
-            args.extend((event.seq, event.type, event.data))
+        args = self._args(run_id, events)
         with self._errors:
             added: int = await self._append(keys=[keys.run_events(run_id)], args=args)
         return added
+
+    async def append_many(self, batches: Sequence[tuple[str, Sequence[Event]]]) -> list[int]:
+        """Append several runs' batches in one pipelined round trip; how many were new, each.
+
+        Each batch is its run's own atomic append-and-notify, as :meth:`append`; a retry
+        of the whole call duplicates nothing.
+        """
+        batches = [(run_id, events) for run_id, events in batches if events]
+        if not batches:
+            return []
+        with self._errors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, events in batches:
+                    await self._append(
+                        keys=[keys.run_events(run_id)], args=self._args(run_id, events), client=pipe
+                    )
+                added: list[int] = await pipe.execute()
+        return added
+
+    def _args(self, run_id: str, events: Sequence[Event]) -> list[bytes | str | int]:
+        args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
+        for event in events:
+            args.extend((event.seq, event.type, event.data))
+        return args
 
     async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:
         """Up to ``limit`` events with ``seq > after``, in order."""

@@ -1,11 +1,13 @@
-"""Batching an agent's events: what it yields while an append is in flight goes next, together.
+"""Batching agents' events: what they yield while an append is in flight goes next, together.
 
-The agent and the appender run side by side. :meth:`EventBatcher.put` numbers an event
-and queues it; the appender sends everything queued in one round trip (the append script
-takes batches, and one notification carries each event), then everything that came in
-meanwhile in the next. An agent that yields slower than a round trip pays one round trip
-per event, as before; a fast one pays one per batch. The queue is bounded: an agent far
-ahead of Redis waits (backpressure), it does not grow the worker's memory.
+Every run of a worker queues its events in its own :class:`EventBatcher`; one
+:class:`Appender` per worker sends everything queued, by every run, in one pipelined
+round trip (the append script takes a run's batch and publishes one notification per
+event), then everything that came in meanwhile in the next. A lone run that yields
+slower than a round trip pays one round trip per event, as before; a busy worker pays
+one per batch of many runs' events. Each run's queue is bounded: an agent far ahead of
+Redis waits (backpressure), it does not grow the worker's memory. A run's events stay
+in order: a run's next batch is taken only once its previous one is appended.
 """
 
 from __future__ import annotations
@@ -14,27 +16,33 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from runstream.concurrency import helper_task
+from runstream.concurrency import finish_shielded, helper_task
 from runstream.errors import RunstreamError
+from runstream.metrics import APPEND_ROUND_TRIPS
 from runstream.models import Event
-from runstream.service import EventWriter
+from runstream.resources import Resources
+from runstream.service import WORKER_RETRY_S, EventWriter, retrying
 
 MAX_QUEUED = 256
 """Events an agent may be ahead of Redis before its next yield waits."""
+SETTLE_TIMEOUT_S = WORKER_RETRY_S + 5.0
+"""The most a run's ending waits for its batch in flight (the appender's own retries)."""
 
 
 class EventBatcher:
-    """Queues one run's events and appends them in as few round trips as possible."""
+    """One run's queue of events on their way to the worker's :class:`Appender`."""
 
-    def __init__(self, writer: EventWriter, max_queued: int = MAX_QUEUED) -> None:
-        self._writer = writer
+    def __init__(self, writer: EventWriter, appender: Appender, max_queued: int) -> None:
+        self.writer = writer
+        self._appender = appender
         self._max = max_queued
         self._queued: list[Event] = []
-        self._ready = asyncio.Event()  # something is queued, or the batcher is closing
         self._room = asyncio.Event()  # the queue has room again
         self._room.set()
-        self._closing = False
+        self._settled = asyncio.Event()  # nothing queued, nothing in flight
+        self._settled.set()
         self._error: RunstreamError | None = None
+        self._in_flight = False
         self.next_seq = writer.next_seq
 
     async def put(self, event: Event) -> None:
@@ -50,45 +58,111 @@ class EventBatcher:
         self._raise_error()
         self._queued.append(event)
         self.next_seq += 1
-        self._ready.set()
+        self._settled.clear()
+        self._appender._wanted(self)
 
-    async def _append_forever(self) -> None:
-        """The appender: send what is queued, one batch per round trip, until closed."""
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._queued:
-                batch, self._queued = self._queued, []
-                self._room.set()
-                try:
-                    await self._writer.write_many(batch)
-                except RunstreamError as exc:
-                    self._error = exc
-                    self._room.set()
-                    return
-            if self._closing:
-                return
-
-    async def _drain(self, appender: asyncio.Task[None]) -> None:
-        self._closing = True
-        self._ready.set()
-        await asyncio.wait([appender])
+    async def drain(self) -> None:
+        """Wait until everything queued is appended; raises the appender's error."""
+        await self._settled.wait()
         self._raise_error()
+
+    def _take(self) -> list[Event]:
+        batch, self._queued = self._queued, []
+        self._in_flight = True
+        self._room.set()
+        return batch
+
+    def _done(self, error: RunstreamError | None) -> None:
+        self._in_flight = False
+        if error is not None:
+            self._error = error
+            self._queued = []
+        self._room.set()
+        if not self._queued:
+            self._settled.set()
+
+    def _withdraw(self) -> None:
+        """Drop what is queued (the run is ending another way); a batch in flight lands."""
+        self._queued = []
+        self._appender._waiting.pop(self, None)
+        self._room.set()
+        if not self._in_flight:
+            self._settled.set()
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
 
 
+class Appender:
+    """Appends every run's queued events, one pipelined round trip per batch of runs.
+
+    Open with :func:`open_appender`; its sending task lives exactly as long as the block.
+    """
+
+    def __init__(self, resources: Resources, *, max_queued: int = MAX_QUEUED) -> None:
+        self._res = resources
+        self._max_queued = max_queued
+        self._waiting: dict[EventBatcher, None] = {}  # an ordered set
+        self._ready = asyncio.Event()
+        labels = (resources.role, resources.settings.instance)
+        self._round_trips = APPEND_ROUND_TRIPS.labels(*labels)
+
+    def batcher(self, writer: EventWriter) -> EventBatcher:
+        """A queue for one run's events, appended through this appender."""
+        return EventBatcher(writer, self, self._max_queued)
+
+    def _wanted(self, batcher: EventBatcher) -> None:
+        self._waiting[batcher] = None
+        self._ready.set()
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._waiting:
+                batchers = list(self._waiting)
+                self._waiting.clear()
+                await self._send([(b, b._take()) for b in batchers])
+
+    async def _send(self, work: list[tuple[EventBatcher, list[Event]]]) -> None:
+        items = [(b.writer.run_id, events) for b, events in work]
+        log = self._res.log
+        error: RunstreamError | None = None
+        try:
+            await retrying(lambda: log.append_many(items), within_s=WORKER_RETRY_S)
+            self._round_trips.inc()
+        except RunstreamError as exc:
+            error = exc
+        for batcher, events in work:
+            if error is None:
+                batcher.writer.appended(events)
+            batcher._done(error)
+
+
 @asynccontextmanager
-async def batching(writer: EventWriter) -> AsyncIterator[EventBatcher]:
-    """An :class:`EventBatcher` whose appender lives as long as the block.
+async def open_appender(resources: Resources) -> AsyncIterator[Appender]:
+    """A worker's appender, sending until the block exits."""
+    appender = Appender(resources)
+    async with helper_task(appender._send_forever(), name="runstream-appender"):
+        yield appender
+
+
+@asynccontextmanager
+async def batching(appender: Appender, writer: EventWriter) -> AsyncIterator[EventBatcher]:
+    """A run's :class:`EventBatcher` for the block.
 
     On a normal exit everything queued is appended before the block returns (raising
-    BackendUnavailable when it cannot be); on an error or a cancellation what is still
-    queued is dropped with the appender, and the run's ending accounts for what was sent.
+    BackendUnavailable when it cannot be); on an error or a cancellation the block
+    returns at once, and the run's ending accounts for what was appended.
     """
-    batcher = EventBatcher(writer)
-    async with helper_task(batcher._append_forever(), name="runstream-appender") as appender:
+    batcher = appender.batcher(writer)
+    try:
         yield batcher
-        await batcher._drain(appender)
+    except BaseException:
+        # The run ends now (failed, stopped, cancelled): nothing of it may land after its
+        # terminal event, so what is queued is dropped and a batch in flight awaited.
+        batcher._withdraw()
+        await finish_shielded(batcher._settled.wait(), within_s=SETTLE_TIMEOUT_S)
+        raise
+    await batcher.drain()

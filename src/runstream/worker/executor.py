@@ -26,7 +26,7 @@ from runstream.resources import Resources
 from runstream.service import SHUTDOWN_ERROR, EventWriter, Outcome, RunService
 from runstream.streams import keys
 from runstream.streams.pubsub import RESYNC, Message, Subscription
-from runstream.worker.batching import EventBatcher, batching
+from runstream.worker.batching import Appender, EventBatcher, batching
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +53,9 @@ class ActiveRun:
 class Executor:
     """Runs agents for the queue's tasks and ends them, whatever happens."""
 
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, appender: Appender) -> None:
         self._res = resources
+        self._appender = appender
         self._runs = RunService(resources)
         self._settings = resources.settings
         self._owner = resources.settings.instance
@@ -138,7 +139,7 @@ class Executor:
         # The watcher is given the agent's task; the batcher's exit appends what the
         # agent queued last, before the run's ending is written.
         async with (
-            batching(writer) as batcher,
+            batching(self._appender, writer) as batcher,
             helper_task(self._consume(events, active, batcher)) as agent_task,
             helper_task(self._watch_stop(run.id, active, control, agent_task)),
         ):

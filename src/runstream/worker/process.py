@@ -22,6 +22,7 @@ from runstream.metrics import SWEEPS
 from runstream.models import RunStatus, utcnow
 from runstream.resources import Resources, open_resources
 from runstream.service import SHUTDOWN_ERROR
+from runstream.worker.batching import open_appender
 from runstream.worker.executor import Executor
 
 log = structlog.get_logger(__name__)
@@ -36,8 +37,11 @@ async def run_worker(
 
     ``ready`` is called once the worker's resources are open (operators' tools and tests).
     """
-    async with open_resources(settings, role="worker") as resources:
-        executor = Executor(resources)
+    async with (
+        open_resources(settings, role="worker") as resources,
+        open_appender(resources) as appender,
+    ):
+        executor = Executor(resources, appender)
         if ready is not None:
             ready(resources, executor)
         queue = resources.queue
