@@ -34,7 +34,6 @@ from typing import Any, Final
 import structlog
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from runstream.budget import budget_exhausted
 from runstream.concurrency import finish_shielded, helper_task
@@ -250,9 +249,13 @@ class PubSubHub:
                     self._requested.discard(channel)
                     self._confirmed.discard(channel)
                     await ps.unsubscribe(channel)
-            except (RedisError, OSError) as exc:
-                # The reader notices the dead connection and resubscribes everything.
-                log.warning("pubsub command failed", channel=channel, error=str(exc))
+            except Exception as exc:
+                # The reader rebuilds the connection and resubscribes everything. Not only
+                # RedisError/OSError: a command sent while redis-py reconnects a killed
+                # connection under the reader can raise RuntimeError ("read() called while
+                # another coroutine is already waiting"); it must not escape to a
+                # subscriber (a worker's run would fail to start and stay queued).
+                log.warning("pubsub command failed", channel=channel, error=describe(exc))
                 self._broken = True
 
     async def _wait_confirmed(self, channel: str) -> None:
