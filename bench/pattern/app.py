@@ -170,21 +170,16 @@ async def _stream(backend: Backend, run_id: str) -> AsyncIterator[str]:
         listener = asyncio.create_task(_listen(pubsub_response, pubsub_control, queue))
         while True:
             kind, _ = await queue.get()
-            if kind == "control":
-                # Send what arrived before the control message, then stop.
-                for response in await redis.lrange(key, last_index + 1, -1):
-                    last_index += 1
-                    text, terminal = _frame(_text(response))
-                    yield text
-                    if terminal:
-                        return
-                return
+            # Catch up on every notification; on a control message, send what arrived
+            # before it, then stop.
             for response in await redis.lrange(key, last_index + 1, -1):
                 last_index += 1
                 text, terminal = _frame(_text(response))
                 yield text
                 if terminal:
                     return
+            if kind == "control":
+                return
     finally:
         if listener is not None:
             listener.cancel()
