@@ -109,8 +109,9 @@ class SeedSubscriptions:
                 await self._clean_up(ps, listener, channel)
             else:
                 # Shielded as a whole: the seed's five fixes are not enough where the
-                # cancellation is delivered again at every await (anyio, sse-starlette):
-                # the await on the listener raises and the close after it never runs.
+                # cancellation is delivered again at every await (an AnyIO cancel scope,
+                # as Starlette and AnyIO middleware use): the await on the listener raises
+                # and the close after it never runs.
                 await asyncio.shield(self._clean_up(ps, listener, channel))
 
     async def _clean_up(self, ps: PubSub, listener: asyncio.Future[None], channel: str) -> None:
