@@ -234,12 +234,18 @@ class _Streaq(Worker):
         """Make ``execute(run_id)`` the body of the queue's one task."""
 
         async def execute_run(run_id: str) -> None:
+            # An error that leaves ``execute`` means the run did not start (once started,
+            # the executor ends it whatever happens), so trying again is safe: a run found
+            # running is ended as an orphan. Without the retry, streaq records the task as
+            # failed and the run would stay queued for good.
             try:
                 await execute(run_id)
             except BackendUnavailable as exc:
-                # Nothing was started (the run is still queued): try again shortly.
                 log.warning("run not started; retrying", run_id=run_id, error=str(exc))
                 raise StreaqRetry(str(exc), delay=1) from exc
+            except Exception as exc:
+                log.exception("run not started (unexpected error); retrying", run_id=run_id)
+                raise StreaqRetry(describe(exc), delay=1) from exc
 
         self.task(name=TASK_NAME, timeout=None, max_tries=20)(execute_run)
 

@@ -14,6 +14,7 @@ from runstream.queue import open_queue
 from runstream.store.database import open_store
 from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
+from runstream.streams.pubsub import Decoder, PubSubHub
 from tests.api.streaming import read_stream, start
 from tests.conftest import wait_until
 from tests.system import make_settings, running_worker
@@ -153,3 +154,27 @@ async def test_events_yielded_during_an_append_go_together_in_the_next_round_tri
     assert events_sent == len(events)
     # An agent that never waits is always ahead of the append in flight.
     assert round_trips <= events_sent / 2
+
+
+async def test_an_unexpected_error_before_a_run_starts_is_retried_not_stranded(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the soak once met: redis-py raised RuntimeError from a pub/sub command while it
+    # reconnected. The queue must deliver the run again, not record it failed for good.
+    real = PubSubHub.subscribe
+    failures = []
+
+    def failing_once(hub: PubSubHub, channel: str, decode: Decoder | None = None) -> Any:
+        if ":control" in channel and not failures:
+            failures.append(channel)
+            raise RuntimeError("read() called while another coroutine is already waiting")
+        return real(hub, channel, decode)
+
+    monkeypatch.setattr(PubSubHub, "subscribe", failing_once)
+    # The sweeper's own rescue of old queued runs comes far too late to matter here.
+    settings = make_settings(redis_url, sqlite_url, instance="w", worker_lost_s=120)
+    async with running_worker(settings):
+        run_id = await start(client, "echo", text="hello")
+        async with asyncio.timeout(15):
+            events = await read_stream(client, run_id)
+    assert failures and events[-1]["data"]["status"] == "completed"
