@@ -28,9 +28,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from runstream.concurrency import finish_shielded
 from runstream.models import Event, Run
 from runstream.streams.eventlog import EventLog
 from runstream.streams.frames import Frame, to_frame
+
+CLOSE_WITHIN_S = 5.0
+"""The most closing waits for the reads in flight (each is bounded by its pool's timeouts)."""
 
 CHECKS_KEPT = 10_000
 """Runs whose last log look is remembered before old looks are pruned."""
@@ -135,10 +139,23 @@ class SharedReads:
     async def __aexit__(self, *exc_info: object) -> None:
         group, self._group = self._group, None
         assert group is not None
-        for flights in (self._pages, self._exists, self._records, self._archive):
-            for task in list(flights._flights.values()):
+        flying = [
+            task
+            for flights in (self._pages, self._exists, self._records, self._archive)
+            for task in flights._flights.values()
+        ]
+        # Reads in flight finish first, within a deadline: a read cancelled in the middle
+        # of its connection's handshake leaves redis-py's socket open (a ResourceWarning
+        # when it is collected) and aiosqlite's connection to close in a thread of its own.
+        try:
+            if flying:
+                await finish_shielded(asyncio.wait(flying), within_s=CLOSE_WITHIN_S)
+        except TimeoutError:
+            pass  # those still flying are cancelled below
+        finally:
+            for task in flying:
                 task.cancel()
-        await group.__aexit__(None, None, None)
+            await group.__aexit__(None, None, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._group is None:
