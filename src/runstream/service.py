@@ -60,7 +60,7 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
     try:
         return await call()  # the usual case, without building a retry policy per call
     except BackendUnavailable as exc:
-        _log_first_failure(exc)
+        _log_failure(exc)
     retry = AsyncRetrying(
         retry=retry_if_exception_type(BackendUnavailable),
         stop=stop_after_delay(within_s),
@@ -76,13 +76,12 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
     return await retry(attempt)
 
 
-def _log_first_failure(error: BackendUnavailable) -> None:
+def _log_failure(error: BaseException | None) -> None:
     log.warning("backend unavailable; retrying", error=str(error))
 
 
 def _log_retry(state: Any) -> None:
-    error = state.outcome.exception() if state.outcome is not None else None
-    log.warning("backend unavailable; retrying", error=str(error))
+    _log_failure(state.outcome.exception() if state.outcome is not None else None)
 
 
 class EventWriter:
@@ -103,21 +102,12 @@ class EventWriter:
         self._round_trips = APPEND_ROUND_TRIPS.labels(*labels)
 
     async def write(self, event: Event) -> None:
-        """Append ``event``, whose ``seq`` must be :attr:`next_seq`."""
-        await self.write_many([event])
-
-    async def write_many(self, events: Sequence[Event]) -> None:
-        """Append ``events`` in one round trip; their ``seq`` must run on from :attr:`next_seq`."""
-        if not events:
-            return
-        for offset, event in enumerate(events):
-            if event.seq != self.next_seq + offset:
-                expected = self.next_seq + offset
-                raise ValueError(f"seq must stay contiguous: expected {expected}, got {event.seq}")
-        batch = list(events)
-        await retrying(lambda: self._res.log.append(self._run_id, batch), within_s=self._retry_s)
+        """Append ``event``, whose ``seq`` must be :attr:`next_seq` (one round trip)."""
+        if event.seq != self.next_seq:
+            raise ValueError(f"seq must stay contiguous: expected {self.next_seq}, got {event.seq}")
+        await retrying(lambda: self._res.log.append(self._run_id, [event]), within_s=self._retry_s)
         self._round_trips.inc()
-        self.appended(batch)
+        self.appended([event])
 
     @property
     def run_id(self) -> str:

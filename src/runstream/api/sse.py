@@ -35,9 +35,6 @@ class OpenStreams:
         self._deadlines: set[asyncio.Timeout] = set()
         self.closing = False
 
-    def __len__(self) -> int:
-        return len(self._deadlines)
-
     def close_all(self) -> None:
         """End every open stream now, and every stream opened from now on at once."""
         self.closing = True

@@ -164,11 +164,6 @@ class SharedReads:
         return self._group.create_task(coro)
 
     @property
-    def redis_reads(self) -> int:
-        """Log reads made so far (pages and existence checks)."""
-        return self._pages.reads + self._exists.reads
-
-    @property
     def database_reads(self) -> int:
         """Record and archive reads made so far."""
         return self._records.reads + self._archive.reads
