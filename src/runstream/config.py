@@ -22,6 +22,10 @@ _ASYNC_DRIVERS = {
 }
 
 
+MIN_API_KEY_CHARS = 16
+MIN_JWT_SECRET_BYTES = 32
+
+
 class Settings(BaseSettings):
     """The whole configuration of a runstream process (DESIGN.md section 6)."""
 
@@ -47,12 +51,43 @@ class Settings(BaseSettings):
     queue_name: str = "runs"
     subscriber_queue_size: int = Field(default=256, ge=1)
     pubsub_ping_s: float = Field(default=5.0, gt=0)
+    # Limits (DESIGN.md section 6): per run, per principal, per request, per process.
+    max_run_events: int = Field(default=100_000, ge=1)
+    max_run_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_run_s: float = Field(default=3600.0, gt=0)
+    max_active_runs_per_principal: int = Field(default=50, ge=1)
+    max_streams_per_principal: int = Field(default=200, ge=1)
+    max_metadata_bytes: int = Field(default=16384, ge=2)
+    http_max_connections: int | None = Field(default=None, ge=1)
+    ticket_ttl_s: int = Field(default=60, ge=1, le=86400)
+    stream_max_s: float = Field(default=0.0, ge=0)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    expose_agent_errors: bool = False
 
     @field_validator("api_keys", "agents", mode="before")
     @classmethod
     def _parse_pairs(cls, value: object) -> object:
         if isinstance(value, str):
             return parse_pairs(value)
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        short = [key for key in value if len(key) < MIN_API_KEY_CHARS]
+        if short:
+            raise ValueError(
+                f"every API key must be at least {MIN_API_KEY_CHARS} characters "
+                f"({len(short)} shorter)"
+            )
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes")
         return value
 
     @field_validator("redis_url")
@@ -89,13 +124,16 @@ class Settings(BaseSettings):
 
 
 def parse_pairs(text: str) -> dict[str, str]:
-    """Parse ``"a=x,b=y"`` into ``{"a": "x", "b": "y"}``; raise ValueError when malformed."""
+    """Parse ``"a=x,b=y"`` into ``{"a": "x", "b": "y"}``; raise ValueError when malformed.
+
+    The value is what follows the *last* ``=``, so a name (an API key) may contain ``=``
+    (base64 padding) while a value (a principal, a ``module:attr``) cannot."""
     pairs: dict[str, str] = {}
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
-        key, sep, value = item.partition("=")
+        key, sep, value = item.rpartition("=")
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"expected name=value pairs separated by commas, got {item!r}")
         pairs[key.strip()] = value.strip()

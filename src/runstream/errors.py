@@ -6,7 +6,10 @@
     │   ├── TooManyConnections a connection budget (pool or server maxclients) is exhausted;
     │   │                      carries the role and instance that hit it
     │   └── SubscribeError     the shared pub/sub connection could not confirm a subscription
+    ├── QuotaExceeded          a per-principal limit (active runs, open streams) is reached
+    ├── LockLost               a writer's run lock is held by another worker now
     ├── AgentError             an agent misbehaved (bad event, unknown name, bad input)
+    ├── IdempotencyMismatch    an idempotency key reused with another request body
     ├── RunNotFound            no such run for this principal
     └── RunFinished            the run has already ended (it cannot be stopped)
 
@@ -27,7 +30,16 @@ class ConfigError(RunstreamError):
 
 
 class BackendUnavailable(RunstreamError):
-    """Redis, the queue or the database is unreachable or refused the call."""
+    """Redis, the queue or the database is unreachable or refused the call.
+
+    ``dependency`` names which one ("Redis", "the database", "the queue", "live
+    delivery"): what a client is told, while the message (which may name an address)
+    goes to the log only.
+    """
+
+    def __init__(self, message: str, *, dependency: str = "a backend") -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 class TooManyConnections(BackendUnavailable):
@@ -37,7 +49,7 @@ class TooManyConnections(BackendUnavailable):
     """
 
     def __init__(self, message: str, *, role: str, instance: str) -> None:
-        super().__init__(message)
+        super().__init__(message, dependency="a connection pool")
         self.role = role
         self.instance = instance
 
@@ -45,9 +57,29 @@ class TooManyConnections(BackendUnavailable):
 class SubscribeError(BackendUnavailable):
     """A subscription on the shared pub/sub connection was not confirmed in time."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, dependency="live delivery")
+
+
+class QuotaExceeded(RunstreamError):
+    """A per-principal limit is reached; ``setting`` names it (an HTTP 429)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{message} ({setting})")
+        self.setting = setting
+
+
+class LockLost(RunstreamError):
+    """A run's writer no longer holds the run's lock: another worker owns the run now,
+    and this one must stop writing it."""
+
 
 class AgentError(RunstreamError):
     """An agent yielded something runstream cannot accept, or does not exist."""
+
+
+class IdempotencyMismatch(RunstreamError):
+    """An idempotency key already names a run created with another request body."""
 
 
 class RunNotFound(RunstreamError):

@@ -9,6 +9,7 @@ UTC timestamps, the level, the logger name and whatever is bound in the context
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -26,6 +27,27 @@ QUIET_LOGGERS: Final = ("streaq", "coredis", "httpx", "httpcore")
 # Marks the handler configure_logging installed, so a second call replaces it rather
 # than doubling every line, and handlers installed by others (pytest) are left alone.
 _HANDLER_NAME: Final = "runstream"
+
+
+_SECRET_QUERY: Final = re.compile(r"([?&](?:token|ticket)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_query(target: str) -> str:
+    """``target`` (a path with its query) with ``token=`` and ``ticket=`` values hidden."""
+    return _SECRET_QUERY.sub(r"\1***", target)
+
+
+class RedactCredentials(logging.Filter):
+    """Hides credentials in uvicorn's access lines (``?token=`` is how an EventSource
+    authenticates, so the full URL would otherwise put an API key in every log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query(arg) if isinstance(arg, str) and "=" in arg else arg
+                for arg in record.args
+            )
+        return True
 
 
 def configure_logging(json: bool = False, level: str = "info") -> None:
@@ -113,3 +135,11 @@ def _install_handler(formatter: logging.Formatter, level: int) -> None:
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(level)
+    redact_access_log()
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactCredentials` on uvicorn's access log (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCredentials) for f in access.filters):
+        access.addFilter(RedactCredentials())

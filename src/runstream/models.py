@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -96,11 +97,27 @@ class Event:
         return value
 
 
+PAGE_BYTES = 1024 * 1024
+"""What one page of a log or archive read holds at most, plus one event: a reader's
+memory is bounded by bytes, not only by a count of events of any size."""
+
+
+def is_last_page(events: Sequence[Event], limit: int) -> bool:
+    """Whether a page of at most ``limit`` events reached the end of what there was (a
+    page cut by the count or by :data:`PAGE_BYTES` did not)."""
+    return len(events) < limit and sum(len(event.data) for event in events) < PAGE_BYTES
+
+
+RESERVED_TYPES = frozenset({"status", "gap"})
+"""Event types only the system writes: an agent that yields one fails its run, so a
+reader can trust a ``status`` event to come from the run's writer."""
+
+
 def build_event(raw: object, seq: int, moment: datetime, max_bytes: int) -> Event:
     """Check what an agent yielded and turn it into the ``seq``-th event of its run.
 
-    Raises AgentError when ``raw`` is not a JSON object with a string ``type`` or is
-    larger than ``max_bytes`` once encoded.
+    Raises AgentError when ``raw`` is not a JSON object with a string ``type``, has a
+    reserved type, or is larger than ``max_bytes`` once encoded.
     """
     if not isinstance(raw, dict):
         raise AgentError(f"agent yielded {type(raw).__name__}, expected a JSON object (dict)")
@@ -109,6 +126,13 @@ def build_event(raw: object, seq: int, moment: datetime, max_bytes: int) -> Even
         raise AgentError("agent yielded an event without a non-empty string 'type'")
     if "\n" in kind or "\r" in kind:
         raise AgentError("an event 'type' cannot contain a line break")
+    if kind in RESERVED_TYPES:
+        raise AgentError(f"agent yielded a {kind!r} event: 'status' and 'gap' are the system's own")
+    return _encode({**raw, "type": kind}, seq, moment, max_bytes)
+
+
+def _encode(raw: dict[Any, Any], seq: int, moment: datetime, max_bytes: int) -> Event:
+    kind = raw["type"]
     body = {**raw, "seq": seq, "ts": isoformat(moment)}
     try:
         data = orjson.dumps(body)
@@ -126,7 +150,7 @@ def status_event(status: RunStatus, seq: int, moment: datetime, error: str | Non
     body: dict[str, Any] = {"type": "status", "status": status.value}
     if error is not None:
         body["error"] = error
-    return build_event(body, seq, moment, max_bytes=1 << 30)
+    return _encode(body, seq, moment, max_bytes=1 << 30)
 
 
 def gap_event(first_missing: int, last_missing: int) -> Event:

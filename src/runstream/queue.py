@@ -62,7 +62,7 @@ class QueueErrors(ErrorMap):
             text = str(exc) or type(exc).__name__
             if is_budget_message(text):
                 raise self.exhausted(f"Too many connections: {text}", "queue") from exc
-            raise BackendUnavailable(f"queue unavailable: {text}") from exc
+            raise BackendUnavailable(f"queue unavailable: {text}", dependency="the queue") from exc
 
 
 class RunQueue:
@@ -86,7 +86,7 @@ class RunQueue:
         """
         queue = self._streaq
         if queue is None:
-            raise BackendUnavailable("queue unavailable: not connected")
+            raise BackendUnavailable("queue unavailable: not connected", dependency="the queue")
         with self._errors:
             try:
                 await _enqueue(queue, run_id)

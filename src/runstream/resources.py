@@ -8,6 +8,7 @@ the task queue (a producer in the API, a consumer in a worker).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources
 from runstream.streams.pubsub import PubSubHub, open_hub
+from runstream.streams.quotas import PrincipalQuotas
 from runstream.streams.reads import SharedReads
 
 RESERVED_REDIS_CONNECTIONS = 2
@@ -46,6 +48,7 @@ class Resources:
     agents: AgentRegistry
     redis_errors: RedisErrors
     reads: SharedReads
+    quotas: PrincipalQuotas
 
     def sources(self) -> Sources:
         """What a stream follower reads from."""
@@ -91,14 +94,28 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
         queue = await stack.enter_async_context(open_queue(settings, role=role))
         errors = RedisErrors(role=role, instance=settings.instance)
         log = EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors)
+        # Followers' reads and stream opens wait here, below the pool, for as long as their
+        # clients are there: a crowd of them is backpressure, never a pool timeout.
+        redis_gate = asyncio.Semaphore(
+            max(1, settings.redis_max_connections - RESERVED_REDIS_CONNECTIONS)
+        )
         reads = await stack.enter_async_context(
             SharedReads(
                 log=log,
                 load_run=store.get_run,
                 read_archive=store.read_events,
-                log_gate=max(1, settings.redis_max_connections - RESERVED_REDIS_CONNECTIONS),
+                log_gate=redis_gate,
                 db_gate=max(1, POOL_SIZE - 1),
                 fresh_s=settings.heartbeat_s / 2,
+            )
+        )
+        quotas = await stack.enter_async_context(
+            PrincipalQuotas(
+                redis,
+                errors=errors,
+                stream_gate=redis_gate,
+                max_runs=settings.max_active_runs_per_principal,
+                max_streams=settings.max_streams_per_principal,
             )
         )
         yield Resources(
@@ -113,4 +130,5 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
             agents=agents,
             redis_errors=errors,
             reads=reads,
+            quotas=quotas,
         )

@@ -18,6 +18,7 @@ Every error that leaves this module is one of runstream's (``errors.py``).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,17 @@ from typing import Any, Final, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from runstream.errors import BackendUnavailable, RunFinished, RunNotFound
+from runstream.errors import (
+    BackendUnavailable,
+    IdempotencyMismatch,
+    LockLost,
+    RunFinished,
+    RunNotFound,
+)
 from runstream.metrics import APPEND_ROUND_TRIPS, EVENTS_APPENDED, RUN_OUTCOMES
 from runstream.models import Event, Run, RunStatus, status_event, utcnow
 from runstream.resources import Resources
+from runstream.streams.eventlog import REFUSED, Fence
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -76,6 +84,12 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
     return await retry(attempt)
 
 
+def lock_lost(run_id: str) -> LockLost:
+    """The error of a writer whose run lock another worker holds now (logged here)."""
+    log.error("run lock taken by another worker; no longer writing the run", run_id=run_id)
+    return LockLost(f"run {run_id}: lock held by another worker")
+
+
 def _log_failure(error: BaseException | None) -> None:
     log.warning("backend unavailable; retrying", error=str(error))
 
@@ -91,22 +105,39 @@ class EventWriter:
     appends are idempotent by ``seq``, so a retried append never duplicates.
     """
 
-    def __init__(self, resources: Resources, run_id: str, *, next_seq: int, retry_s: float):
+    def __init__(
+        self,
+        resources: Resources,
+        run_id: str,
+        *,
+        next_seq: int,
+        retry_s: float,
+        fence: Fence | None = None,
+    ):
         self._res = resources
         self._run_id = run_id
         self._retry_s = retry_s
         self.next_seq = next_seq
+        self.fence = fence
+        """The run lock this writer holds, if it writes as the run's owner."""
         labels = (resources.role, resources.settings.instance)
         # Looked up once: a labelled child is a dict lookup under a lock, per event otherwise.
         self._appended = EVENTS_APPENDED.labels(*labels)
         self._round_trips = APPEND_ROUND_TRIPS.labels(*labels)
 
     async def write(self, event: Event) -> None:
-        """Append ``event``, whose ``seq`` must be :attr:`next_seq` (one round trip)."""
+        """Append ``event``, whose ``seq`` must be :attr:`next_seq` (one round trip).
+
+        Raises LockLost when the writer's fence is no longer the run's lock."""
         if event.seq != self.next_seq:
             raise ValueError(f"seq must stay contiguous: expected {self.next_seq}, got {event.seq}")
-        await retrying(lambda: self._res.log.append(self._run_id, [event]), within_s=self._retry_s)
+        added = await retrying(
+            lambda: self._res.log.append(self._run_id, [event], self.fence),
+            within_s=self._retry_s,
+        )
         self._round_trips.inc()
+        if added == REFUSED:
+            raise lock_lost(self._run_id)
         self.appended([event])
 
     @property
@@ -126,6 +157,19 @@ class RunService:
     def __init__(self, resources: Resources) -> None:
         self._res = resources
 
+    @property
+    def queued_lease_s(self) -> float:
+        """How long a queued run counts against its principal without a worker renewing
+        it: as long as a run may last, so a backlog does not free quota early, while a
+        run that is never taken frees it eventually."""
+        return self._res.settings.max_run_s + self._res.settings.worker_lost_s
+
+    @property
+    def running_lease_s(self) -> float:
+        """A running run's lease, renewed with its lock: a dead worker's runs stop
+        counting when the sweeper could end them."""
+        return self._res.settings.worker_lost_s
+
     # -- the API's side ----------------------------------------------------------------
 
     async def create(
@@ -140,26 +184,44 @@ class RunService:
     ) -> tuple[Run, bool]:
         """Queue a run; ``(run, False)`` when ``idempotency_key`` names an existing one.
 
-        Raises AgentError for an unknown agent or an input it refuses, BackendUnavailable
-        when the run cannot be recorded or queued (nothing is left queued then).
+        Raises AgentError for an unknown agent or an input it refuses, IdempotencyMismatch
+        when the key names a run made from another body, BackendUnavailable when the run
+        cannot be recorded or queued (nothing is left queued then).
         """
         agent_input = self._res.agents.validate_input(agent, input)
-        run, created = await self._res.store.create_run(
-            run_id=str(uuid.uuid4()),
-            principal=principal,
-            agent=agent,
-            input=agent_input,
-            thread_id=thread_id,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-            created_at=utcnow(),
-        )
-        if not created:
-            return run, False
+        run_id = str(uuid.uuid4())
+        quotas = self._res.quotas
+        # Counted before it exists, so concurrent creates cannot overshoot the limit.
+        await quotas.take_run(principal, run_id, self.queued_lease_s)
         try:
-            await self._res.queue.enqueue(run.id)
+            run, created = await self._res.store.create_run(
+                run_id=run_id,
+                principal=principal,
+                agent=agent,
+                input=agent_input,
+                thread_id=thread_id,
+                metadata=metadata,
+                idempotency_key=idempotency_key,
+                created_at=utcnow(),
+            )
+            if not created:
+                await quotas.release_run(principal, run_id)  # the existing run is the answer
+                if (run.agent, run.input, run.thread_id, run.metadata) != (
+                    agent,
+                    agent_input,
+                    thread_id,
+                    metadata,
+                ):
+                    raise IdempotencyMismatch(idempotency_key)
+                return run, False
+            try:
+                await self._res.queue.enqueue(run.id)
+            except BackendUnavailable:
+                await self._res.store.delete_run(run.id)  # compensation: nobody would run it
+                raise
         except BackendUnavailable:
-            await self._res.store.delete_run(run.id)  # compensation: nobody would run it
+            with contextlib.suppress(BackendUnavailable):  # else its lease expires by itself
+                await quotas.release_run(principal, run_id)
             raise
         log.info("run queued", run_id=run.id, agent=run.agent, principal=principal)
         return run, True
@@ -234,12 +296,12 @@ class RunService:
         """Whether a stop was requested for the run (the durable flag)."""
         return await self._res.control.stop_requested(run_id)
 
-    async def writer(self, run: Run) -> EventWriter:
-        """The writer of a run this process now owns, continuing after the last ``seq``
-        written (the log's, or the record's once Redis lost the log)."""
+    async def writer(self, run: Run, fence: Fence) -> EventWriter:
+        """The writer of a run this process now owns (its lock is ``fence``), continuing
+        after the last ``seq`` written (the log's, or the record's once Redis lost the log)."""
         last = await self._res.log.last_seq(run.id)
         first = max(last or 0, run.last_seq) + 1
-        return EventWriter(self._res, run.id, next_seq=first, retry_s=WORKER_RETRY_S)
+        return EventWriter(self._res, run.id, next_seq=first, retry_s=WORKER_RETRY_S, fence=fence)
 
     async def finish(self, run_id: str, writer: EventWriter, outcome: Outcome) -> Run | None:
         """End a running run with ``outcome``; None when someone else ended it first."""
@@ -256,13 +318,13 @@ class RunService:
 
         return await self._end(run_id, writer, outcome, record, retry_s=WORKER_RETRY_S)
 
-    async def end_orphan(self, run: Run) -> Run | None:
+    async def end_orphan(self, run: Run, fence: Fence) -> Run | None:
         """End a ``running`` run whose worker is gone as failed ("worker lost").
 
-        The caller holds the run's lock, so it is the run's only writer now.
+        The caller holds the run's lock (``fence``), so it is the run's only writer now.
         """
         log.warning("ending a run whose worker was lost", run_id=run.id)
-        writer = await self.writer(run)
+        writer = await self.writer(run, fence)
         return await self.finish(run.id, writer, Outcome(RunStatus.FAILED, LOST_ERROR))
 
     # -- the ending, written once ------------------------------------------------------
@@ -285,6 +347,8 @@ class RunService:
         await writer.write(
             status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
         )
+        with contextlib.suppress(BackendUnavailable):  # else its lease expires by itself
+            await self._res.quotas.release_run(final.principal, run_id)
         await retrying(lambda: self._archive(run_id), within_s=retry_s)
         return final
 

@@ -63,7 +63,7 @@ async def test_echo_waits_interval_between_words() -> None:
 
 async def test_echo_stop_wakes_it_between_words() -> None:
     ctx = RunContext(run_id="r")
-    async with aclosing(echo(ctx, {"text": "a b c", "interval_ms": 3_600_000})) as events:
+    async with aclosing(echo(ctx, {"text": "a b c", "interval_ms": 60_000})) as events:
         assert await anext(events) == {"type": "token", "text": "a"}
         pending = asyncio.create_task(anext(events))
         assert not await _settled(pending)  # waiting out the hour-long interval
@@ -122,7 +122,7 @@ async def test_scripted_fail_after_count_never_raises(fail_after: int) -> None:
 
 async def test_scripted_stop_wakes_it_between_ticks() -> None:
     ctx = RunContext(run_id="r")
-    async with aclosing(scripted(ctx, {"count": 5, "interval_ms": 3_600_000})) as events:
+    async with aclosing(scripted(ctx, {"count": 5, "interval_ms": 60_000})) as events:
         pending = asyncio.create_task(anext(events))
         assert not await _settled(pending)  # sleeping the hour before tick 1
         ctx.request_stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,18 +13,10 @@ import pytest
 
 from runstream.streams import keys
 from runstream.worker.executor import Executor
+from tests.api.checks import assert_error
 from tests.api.streaming import read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, make_settings, running_api, running_worker
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
 
 
 async def test_create_run_returns_201_run_object_and_location(client: httpx.AsyncClient) -> None:
@@ -244,12 +237,16 @@ async def test_healthz_reports_each_backend(
     assert checks["database"] == "ok"
 
 
+ALICE_KEY = "alice-key-0123456789"
+BOB_KEY = "bob-key-0123456789=="  # an API key may contain "=" (base64 padding)
+
+
 @pytest.fixture
 async def secured(redis_url: str, sqlite_url: str) -> AsyncIterator[Api]:
     settings = make_settings(
         redis_url,
         sqlite_url,
-        api_keys="ka=alice,kb=bob",
+        api_keys=f"{ALICE_KEY}=alice,{BOB_KEY}=bob",
         jwt_secret="s3cret-for-tests-only-32-bytes!!",
     )
     async with (
@@ -267,7 +264,7 @@ async def test_credentials_are_required_when_auth_is_on(secured: Api) -> None:
 
 
 async def test_another_principal_sees_404_for_my_run(secured: Api) -> None:
-    async with secured.client("ka") as alice, secured.client("kb") as bob:
+    async with secured.client(ALICE_KEY) as alice, secured.client(BOB_KEY) as bob:
         run_id = await start(alice, "echo", text="mine")
         assert (await alice.get(f"/runs/{run_id}")).status_code == 200
         assert_error(await bob.get(f"/runs/{run_id}"), 404, "not_found")
@@ -277,14 +274,17 @@ async def test_another_principal_sees_404_for_my_run(secured: Api) -> None:
 
 
 async def test_jwt_subject_is_the_principal_and_stream_takes_token_query(secured: Api) -> None:
-    token = jwt.encode({"sub": "alice"}, "s3cret-for-tests-only-32-bytes!!", algorithm="HS256")
-    async with secured.client(token) as by_jwt, secured.client("ka") as by_key:
+    claims = {"sub": "alice", "exp": int(time.time()) + 600}
+    token = jwt.encode(claims, "s3cret-for-tests-only-32-bytes!!", algorithm="HS256")
+    async with secured.client(token) as by_jwt, secured.client(ALICE_KEY) as by_key:
         run_id = await start(by_jwt, "echo", text="a b")
         assert (await by_key.get(f"/runs/{run_id}")).status_code == 200  # same principal
     async with secured.client() as browser:
-        async with browser.stream("GET", f"/runs/{run_id}/stream", params={"token": "ka"}) as r:
+        async with browser.stream(
+            "GET", f"/runs/{run_id}/stream", params={"token": ALICE_KEY}
+        ) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
             body = b"".join([chunk async for chunk in r.aiter_bytes()])
         assert b"event: status" in body
-        assert_error(await browser.get(f"/runs/{run_id}", params={"token": "ka"}), 401)
+        assert_error(await browser.get(f"/runs/{run_id}", params={"token": ALICE_KEY}), 401)

@@ -115,7 +115,7 @@ def test_run_follows_a_scripted_failure_and_exits_1(dev_api: str) -> None:
     assert (
         result.stderr.strip()
         .splitlines()[-1]
-        .endswith("failed: RuntimeError: scripted failure after 2 ticks")
+        .endswith("failed: RuntimeError (details in the worker log)")
     )
 
 

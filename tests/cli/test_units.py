@@ -12,8 +12,9 @@ import pytest
 import structlog
 import uvicorn.config
 
+from runstream.api.hosts import is_loopback
 from runstream.cli.dev import api_url
-from runstream.cli.server import check_bind, is_loopback
+from runstream.cli.server import check_bind
 from runstream.cli.tasks import until_set
 from runstream.client.errors import ClientError, Interrupted
 from runstream.config import load_settings, redact_url
@@ -37,7 +38,7 @@ def test_other_hosts_are_not_loopback(host: str) -> None:
 def test_public_bind_needs_auth() -> None:
     with pytest.raises(ConfigError, match=r"refusing to bind 0\.0\.0\.0"):
         check_bind("0.0.0.0", load_settings(api_keys={}, jwt_secret=None))
-    check_bind("0.0.0.0", load_settings(api_keys={"k": "alice"}))
+    check_bind("0.0.0.0", load_settings(api_keys={"k" * 16: "alice"}))
     check_bind("127.0.0.1", load_settings(api_keys={}, jwt_secret=None))
 
 

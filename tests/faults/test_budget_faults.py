@@ -25,16 +25,18 @@ async def test_server_refusing_clients_gives_fast_503_then_recovers(
     full_server.config_set("maxclients", len(full_server.client_list()))
 
     async with asyncio.timeout(10):  # fast: no hang, no minute-long retries
-        responses = [
-            await client.post(f"/runs/{run_id}/stop"),
-            await client.get(f"/runs/{run_id}/stream"),
-            await client.get(f"/runs/{run_id}/stream"),
-        ]
+        stops = [await client.post(f"/runs/{run_id}/stop") for _ in range(2)]
+        streams = [await client.get(f"/runs/{run_id}/stream") for _ in range(2)]
     # The first call may only see its killed connection close; the refusal follows.
-    assert all(r.status_code == 503 and r.headers["retry-after"] for r in responses)
-    refused = [r.json()["error"] for r in responses if r.json()["error"]["code"] != "unavailable"]
+    assert all(r.status_code == 503 and r.headers["retry-after"] for r in stops)
+    refused = [r.json()["error"] for r in stops if r.json()["error"]["code"] != "unavailable"]
     assert refused and all(e["code"] == "too_many_connections" for e in refused)
     assert all("Too many connections" in e["message"] for e in refused)
+    # A stream is answered 200 with a retry hint instead: a browser's EventSource would
+    # give up for good on a 503.
+    for response in streams:
+        assert response.status_code == 200 and response.content.startswith(b"retry: ")
+        assert b"id: " not in response.content
     logged = capsys.readouterr().out
     assert "Too many connections" in logged and "role=api" in logged and "instance=api1" in logged
 

@@ -66,6 +66,9 @@ async def test_connections_stay_within_budget_with_1000_streams_and_200_runs(
         "RUNSTREAM_DATABASE_URL": f"sqlite:///{tmp_path / 'budget.db'}",
         "RUNSTREAM_REDIS_MAX_CONNECTIONS": str(POOL),
         "RUNSTREAM_STOP_GRACE_S": "2",
+        # One principal (auth off) holds every run and stream here.
+        "RUNSTREAM_MAX_ACTIVE_RUNS_PER_PRINCIPAL": str(RUNS),
+        "RUNSTREAM_MAX_STREAMS_PER_PRINCIPAL": str(STREAMS),
     }
     sampler = Sampler(redis_server, ["abudget", "wbudget"])
     limits = httpx.Limits(max_connections=STREAMS + 50, max_keepalive_connections=50)

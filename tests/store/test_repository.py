@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from runstream.errors import BackendUnavailable, TooManyConnections
-from runstream.models import Event, Run, RunStatus
+from runstream.models import Event, Run, RunStatus, is_last_page
 from runstream.store import RunStore, open_store
 from runstream.store import database as database_module
 from runstream.store.database import CONNECT_TIMEOUT_S, POOL_SIZE
@@ -354,6 +354,18 @@ async def test_archive_events_is_idempotent_and_ordered(store: RunStore) -> None
     assert events[0] == event(1, "a")  # the bytes come back exactly
     assert await store.read_events(run.id, after=3, limit=1) == [event(4, "d")]
     assert await store.read_events(run.id, after=5, limit=100) == []
+
+
+async def test_archive_pages_are_bounded_by_bytes_as_well_as_by_count(store: RunStore) -> None:
+    run = await make_run(store)
+    await store.archive_events(run.id, [event(n, "y" * 300_000) for n in range(1, 11)])
+    first = await store.read_events(run.id, after=0, limit=500)
+    assert [e.seq for e in first] == [1, 2, 3, 4]  # the events before the last hold < PAGE_BYTES
+    assert not is_last_page(first, 500)
+    assert [e.seq for e in await store.read_events(run.id, after=4, limit=500)] == [5, 6, 7, 8]
+    tail = await store.read_events(run.id, after=8, limit=500)
+    assert [e.seq for e in tail] == [9, 10] and is_last_page(tail, 500)
+    assert [e.seq for e in await store.read_events(run.id, after=0, limit=2)] == [1, 2]
 
 
 async def test_archive_events_in_batches_larger_than_one_insert(store: RunStore) -> None:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from runstream.models import Event, build_event
+from runstream.models import PAGE_BYTES, Event, build_event, is_last_page
 from runstream.streams import keys
 from runstream.streams.connection import RedisErrors
-from runstream.streams.eventlog import EventLog, decode_notification
+from runstream.streams.eventlog import REFUSED, EventLog, Fence, decode_notification
 from runstream.streams.pubsub import open_hub
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,3 +74,47 @@ async def test_script_survives_a_restarted_server(redis_server, redis_url: str) 
             except Exception:
                 await asyncio.sleep(0.05)
         assert [e.seq for e in await log.read("r1", 0)] == [5]
+
+
+async def test_an_append_whose_fence_is_not_the_lock_is_refused(redis: Redis) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    run = "fenced-run"
+    mine, theirs = Fence("wk1:aaa", 5000), Fence("wk2:bbb", 5000)
+    await redis.set(keys.run_lock(run), mine.token, px=5000)
+    assert await log.append(run, [ev(1)], mine) == 1
+    await redis.set(keys.run_lock(run), theirs.token, px=5000)  # another worker took it
+    assert await log.append(run, [ev(2)], mine) == REFUSED
+    assert await log.append_many([(run, [ev(2)], mine), ("other-run", [ev(1)], None)]) == [
+        REFUSED,
+        1,
+    ]
+    assert [e.seq for e in await log.read(run, 0)] == [1]  # nothing of the old owner landed
+    assert await log.append(run, [ev(2)], theirs) == 1
+
+
+async def test_a_fenced_append_takes_back_a_lock_redis_lost(redis: Redis) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    run = "lost-lock-run"
+    fence = Fence("wk1:ccc", 5000)
+    assert await redis.get(keys.run_lock(run)) is None  # as after a restart without persistence
+    assert await log.append(run, [ev(1)], fence) == 1
+    assert await redis.get(keys.run_lock(run)) == fence.token.encode()
+    assert 0 < await redis.pttl(keys.run_lock(run)) <= 5000
+
+
+async def test_pages_are_bounded_by_bytes_as_well_as_by_count(redis: Redis) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    run = "big-events-run"
+    big = [build_event({"type": "blob", "x": "y" * 300_000}, n, NOW, 10**6) for n in range(1, 11)]
+    await log.append(run, big)
+    first = await log.read(run, 0, 500)
+    assert [e.seq for e in first] == [1, 2, 3, 4]  # stops once it holds PAGE_BYTES
+    assert sum(len(e.data) for e in first) < PAGE_BYTES + 300_100
+    assert not is_last_page(first, 500)
+    rest = await log.read(run, 4, 500)
+    assert [e.seq for e in rest] == [5, 6, 7, 8]
+    tail = await log.read(run, 8, 500)
+    assert [e.seq for e in tail] == [9, 10] and is_last_page(tail, 500)
+    small = [ev(n) for n in range(11, 111)]
+    await log.append(run, small)
+    assert [e.seq for e in await log.read(run, 10, 30)] == list(range(11, 41))

@@ -108,7 +108,7 @@ async def shared_sources(
         log=log,
         load_run=load_run or store.get_run,
         read_archive=store.read_events,
-        log_gate=4,
+        log_gate=asyncio.Semaphore(4),
         db_gate=2,
         fresh_s=0.25,
     ) as reads:

@@ -23,3 +23,18 @@ async def too_big(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
 
 async def not_json(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
     yield {"type": "thing", "value": object()}
+
+
+async def forges_status(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "token", "text": "before"}
+    yield {"type": "status", "status": "completed"}
+    yield {"type": "token", "text": "after"}
+
+
+async def forges_gap(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "gap", "from": 1, "to": 99}
+
+
+async def leaks_a_secret(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    yield {"type": "token", "text": "connecting"}
+    raise ConnectionError("could not reach postgresql://app:hunter2@db.internal/app")

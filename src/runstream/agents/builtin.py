@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runstream.errors import AgentError
 
@@ -19,10 +19,14 @@ if TYPE_CHECKING:
 
     from runstream.agents.context import Agent, RunContext
 
-MAX_TEXT_CHARS: Final = 1_000_000
-MAX_COUNT: Final = 1_000_000
-MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
-MAX_INTERVAL_MS: Final = 3_600_000
+# Bounded so that one request cannot ask for more than a run's default budget
+# (RUNSTREAM_MAX_RUN_EVENTS, _BYTES, _S): a demo agent must not be a way to fill Redis.
+MAX_TEXT_CHARS: Final = 100_000
+MAX_COUNT: Final = 100_000
+MAX_PAYLOAD_BYTES: Final = 1_000_000
+MAX_TOTAL_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
+MAX_INTERVAL_MS: Final = 60_000
+MAX_TOTAL_MS: Final = 3_600_000
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -49,6 +53,14 @@ class ScriptedInput(_StrictInput):
     fail_after: int | None = Field(default=None, ge=0)
     hang: bool = False
     ignore_stop: bool = False
+
+    @model_validator(mode="after")
+    def _bounded_in_total(self) -> ScriptedInput:
+        if self.count * self.payload_bytes > MAX_TOTAL_PAYLOAD_BYTES:
+            raise ValueError(f"count x payload_bytes must be at most {MAX_TOTAL_PAYLOAD_BYTES}")
+        if self.count * self.interval_ms > MAX_TOTAL_MS:
+            raise ValueError(f"count x interval_ms must be at most {MAX_TOTAL_MS} (an hour)")
+        return self
 
 
 def parse_input(agent: str, model: type[ModelT], input: object) -> ModelT:

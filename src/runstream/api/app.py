@@ -12,12 +12,13 @@ from fastapi import FastAPI
 from runstream import __version__
 from runstream.api import health, metrics, runs, stream
 from runstream.api.deps import ApiState
-from runstream.api.errors import install_error_handlers
+from runstream.api.errors import InternalErrors, install_error_handlers
+from runstream.api.hosts import LoopbackHostsOnly
 from runstream.api.limits import BodyLimit
-from runstream.api.metrics import ResourcesCollector
+from runstream.api.metrics import RESOURCES
 from runstream.api.sse import OpenStreams
 from runstream.config import Settings
-from runstream.metrics import REGISTRY
+from runstream.logs import redact_access_log
 from runstream.resources import open_resources
 from runstream.service import RunService
 
@@ -35,19 +36,16 @@ def create_app(settings: Settings) -> FastAPI:
     """An API app for ``settings``; its lifespan opens and closes every connection."""
 
     streams = OpenStreams()
+    redact_access_log()  # however the app is served, no token reaches the access log
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_resources(settings, role="api") as resources:
-            collector = ResourcesCollector(resources)
-            REGISTRY.register(collector)
-            try:
+            with RESOURCES.watching(resources):
                 state = ApiState(resources=resources, runs=RunService(resources), streams=streams)
                 app.state.api = state  # for operators' tools and tests
                 log.info("api started", instance=settings.instance)
                 yield {"api": state}
-            finally:
-                REGISTRY.unregister(collector)
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)
@@ -57,5 +55,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    # Added first, so innermost: the framework's own text/plain 500 is never reached.
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
+    if not settings.auth_enabled:
+        app.add_middleware(LoopbackHostsOnly)
     return app

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from runstream.api.auth import bearer_token, principal_for
-from runstream.api.errors import not_found
+from runstream.api.auth import authenticated, bearer_token, principal_for, principal_for_ticket
+from runstream.api.errors import ApiError, not_found
 from runstream.api.sse import OpenStreams
 from runstream.resources import Resources
 from runstream.service import RunService
@@ -37,13 +37,33 @@ def get_principal(
 
 
 def get_stream_principal(
+    run_id: str,
     state: Annotated[ApiState, Depends(get_state)],
     authorization: Annotated[str | None, Header()] = None,
     token: Annotated[
         str | None, Query(description="for EventSource, which cannot set headers")
     ] = None,
+    ticket: Annotated[
+        str | None,
+        Query(max_length=1000, description="from POST /runs/{id}/ticket: this run only"),
+    ] = None,
 ) -> str:
-    return principal_for(state.resources.settings, bearer_token(authorization) or token)
+    settings = state.resources.settings
+    if ticket is not None and settings.auth_enabled:
+        return principal_for_ticket(settings, ticket, parse_run_id(run_id))
+    return principal_for(settings, bearer_token(authorization) or token)
+
+
+def is_authenticated(
+    state: Annotated[ApiState, Depends(get_state)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> bool:
+    """Whether the caller proved who it is (never with auth off); never raises."""
+    try:
+        token = bearer_token(authorization)
+    except ApiError:
+        return False
+    return authenticated(state.resources.settings, token)
 
 
 def parse_run_id(run_id: str) -> str:
@@ -57,4 +77,5 @@ def parse_run_id(run_id: str) -> str:
 State = Annotated[ApiState, Depends(get_state)]
 Principal = Annotated[str, Depends(get_principal)]
 StreamPrincipal = Annotated[str, Depends(get_stream_principal)]
+Authenticated = Annotated[bool, Depends(is_authenticated)]
 RunId = Annotated[str, Depends(parse_run_id)]

@@ -6,6 +6,7 @@ client never sees another shape.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import structlog
@@ -13,8 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runstream.errors import BackendUnavailable, RunFinished, RunNotFound, TooManyConnections
+from runstream.errors import (
+    BackendUnavailable,
+    QuotaExceeded,
+    RunFinished,
+    RunNotFound,
+    TooManyConnections,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -25,11 +33,16 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    429: "rate_limited",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "unavailable",
 }
+
+
+RETRY_AFTER_S = 5
+"""What a 429 asks a client to wait: leases end when runs and streams do, within seconds."""
 
 
 class ApiError(Exception):
@@ -83,7 +96,19 @@ async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BackendUnavailable)
     code = "too_many_connections" if isinstance(exc, TooManyConnections) else "unavailable"
     log.warning("backend unavailable", code=code, error=str(exc))
-    return error_response(503, code, str(exc), {"Retry-After": "1"})
+    # The dependency, never its message: that may name a host, a port or a user.
+    message = (
+        "Too many connections; retry shortly"
+        if isinstance(exc, TooManyConnections)
+        else f"{exc.dependency} is unavailable; retry shortly"
+    )
+    return error_response(503, code, message, {"Retry-After": "1"})
+
+
+async def _quota_exceeded(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QuotaExceeded)
+    code = "too_many_streams" if "STREAMS" in exc.setting else "too_many_runs"
+    return error_response(429, code, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _run_not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -96,6 +121,39 @@ async def _run_finished(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "run_finished", str(exc))
 
 
+class InternalErrors:
+    """Answer anything unexpected with a JSON 500 whose id is also in the log line.
+
+    Innermost of the middlewares, so the framework's text/plain 500 is never reached; an
+    error after a response started (a stream) can only be logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("internal error", error_id=error_id, path=scope.get("path"))
+            if not started:
+                response = error_response(
+                    500, "internal_error", f"internal error (id {error_id}); it is logged"
+                )
+                await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the API can raise to the one error shape."""
     app.add_exception_handler(ApiError, _api_error)
@@ -104,3 +162,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(BackendUnavailable, _backend_error)
+    app.add_exception_handler(QuotaExceeded, _quota_exceeded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 from fastapi import APIRouter
@@ -24,37 +25,55 @@ async def metrics() -> Response:
 
 
 class ResourcesCollector(Collector):
-    """Reads one process's pools and pub/sub hub when Prometheus scrapes."""
+    """Reads the pools and pub/sub hubs of every API app open in this process when
+    Prometheus scrapes (one collector for all: a process may serve several apps)."""
 
-    def __init__(self, resources: Resources) -> None:
-        self._res = resources
+    def __init__(self) -> None:
+        self._open: list[Resources] = []
+
+    @contextlib.contextmanager
+    def watching(self, resources: Resources) -> Iterator[None]:
+        """Report ``resources`` for the block (an app's lifespan)."""
+        self._open.append(resources)
+        try:
+            yield
+        finally:
+            self._open.remove(resources)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ["role", "instance"]
-        values = [self._res.role, self._res.settings.instance]
-        pool = pool_stats(self._res.redis.connection_pool)
-        hub = self._res.hub.stats()
-        for name, doc, value in (
-            ("runstream_redis_pool_in_use", "Command connections lent out.", pool.in_use),
-            ("runstream_redis_pool_idle", "Command connections idle in the pool.", pool.idle),
-            ("runstream_redis_pool_max", "The command pool's bound.", pool.max),
-            ("runstream_pubsub_connected", "1 while live delivery works.", int(hub.connected)),
-            (
-                "runstream_pubsub_channels",
-                "Channels subscribed on the shared connection.",
-                hub.channels,
-            ),
-            (
-                "runstream_pubsub_subscribers",
-                "Local subscribers of those channels.",
-                hub.subscribers,
-            ),
-            (
-                "runstream_pubsub_reconnects",
-                "Connections of the shared pub/sub made so far.",
-                hub.reconnects,
-            ),
-        ):
-            family = GaugeMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            yield family
+        families = {
+            name: GaugeMetricFamily(name, doc, labels=["role", "instance"])
+            for name, doc in _GAUGES.items()
+        }
+        for res in list(self._open):
+            labels = [res.role, res.settings.instance]
+            pool = pool_stats(res.redis.connection_pool)
+            hub = res.hub.stats()
+            values = {
+                "runstream_redis_pool_in_use": pool.in_use,
+                "runstream_redis_pool_idle": pool.idle,
+                "runstream_redis_pool_max": pool.max,
+                "runstream_pubsub_connected": int(hub.connected),
+                "runstream_pubsub_channels": hub.channels,
+                "runstream_pubsub_subscribers": hub.subscribers,
+                "runstream_pubsub_reconnects": hub.reconnects,
+                "runstream_stream_leases": res.quotas.open_streams,
+            }
+            for name, value in values.items():
+                families[name].add_metric(labels, value)
+        yield from families.values()
+
+
+_GAUGES = {
+    "runstream_redis_pool_in_use": "Command connections lent out.",
+    "runstream_redis_pool_idle": "Command connections idle in the pool.",
+    "runstream_redis_pool_max": "The command pool's bound.",
+    "runstream_pubsub_connected": "1 while live delivery works.",
+    "runstream_pubsub_channels": "Channels subscribed on the shared connection.",
+    "runstream_pubsub_subscribers": "Local subscribers of those channels.",
+    "runstream_pubsub_reconnects": "Connections of the shared pub/sub made so far.",
+    "runstream_stream_leases": "Per-principal stream leases this process holds.",
+}
+
+RESOURCES = ResourcesCollector()
+REGISTRY.register(RESOURCES)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from runstream.api.auth import issue_ticket
 from runstream.api.deps import Principal, RunId, State
 from runstream.api.errors import ApiError
-from runstream.errors import AgentError
-from runstream.models import Run, RunStatus
+from runstream.api.hygiene import check_json_value, check_metadata, check_text
+from runstream.api.signing import sign, signing_key, unsign
+from runstream.config import Settings
+from runstream.errors import AgentError, IdempotencyMismatch
+from runstream.models import Run, RunStatus, isoformat
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -40,6 +41,11 @@ async def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> dict[str, Any]:
     """Queue a run of ``agent``; the same ``Idempotency-Key`` returns the same run (200)."""
+    settings = state.resources.settings
+    check_json_value(body.input, "input")
+    check_metadata(body.metadata or {}, settings.max_metadata_bytes)
+    check_text(body.thread_id, "thread_id")
+    check_text(idempotency_key, "Idempotency-Key")
     try:
         run, created = await state.runs.create(
             principal=principal,
@@ -52,6 +58,12 @@ async def create_run(
     except AgentError as exc:
         code = "unknown_agent" if body.agent not in state.resources.agents else "invalid_input"
         raise ApiError(422, code, str(exc)) from None
+    except IdempotencyMismatch:
+        raise ApiError(
+            422,
+            "idempotency_mismatch",
+            "this Idempotency-Key was used for a run with another body; use a new key",
+        ) from None
     response.headers["Location"] = f"/runs/{run.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -75,17 +87,18 @@ async def list_runs(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     """The caller's runs, newest first; ``next`` is the cursor of the following page."""
+    settings = state.resources.settings
     runs = await state.runs.list(
         principal,
         status=status_filter,
         thread_id=thread_id,
         limit=limit + 1,
-        before=decode_cursor(cursor) if cursor else None,
+        before=decode_cursor(settings, cursor) if cursor else None,
     )
     page, more = runs[:limit], len(runs) > limit
     return {
         "runs": [run.to_public() for run in page],
-        "next": encode_cursor(page[-1]) if more else None,
+        "next": encode_cursor(settings, page[-1]) if more else None,
     }
 
 
@@ -96,17 +109,32 @@ async def stop_run(run_id: RunId, state: State, principal: Principal) -> dict[st
     return run.to_public()
 
 
-def encode_cursor(run: Run) -> str:
-    """An opaque cursor pointing just after ``run`` in newest-first order."""
-    raw = orjson.dumps([run.created_at.isoformat(), run.id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+@router.post("/{run_id}/ticket")
+async def create_ticket(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
+    """A short-lived ticket for this run's stream only (``?ticket=``), so a browser never
+    puts a long-lived key in a URL. A resume after it expired needs a new one."""
+    await state.runs.check_readable(run_id, principal)
+    ticket = issue_ticket(state.resources.settings, principal, run_id)
+    return {"ticket": ticket.ticket, "expires_at": isoformat(ticket.expires_at)}
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+_CURSOR = "cursor"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_cursor(settings: Settings, run: Run) -> str:
+    """An opaque, signed cursor pointing just after ``run`` in newest-first order."""
+    created_at = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=UTC)
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)  # exact, unlike a float
+    return sign(signing_key(settings, _CURSOR), [micros, run.id])
+
+
+def decode_cursor(settings: Settings, cursor: str) -> tuple[datetime, str]:
     """Read a cursor made by :func:`encode_cursor`; anything else is a 422."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, run_id = orjson.loads(raw)
-        return datetime.fromisoformat(created_at), str(uuid.UUID(run_id))
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        micros, run_id = unsign(signing_key(settings, _CURSOR), cursor)
+        if not isinstance(micros, int) or not isinstance(run_id, str):
+            raise TypeError("not a cursor")
+        return _EPOCH + timedelta(microseconds=micros), str(uuid.UUID(run_id))
+    except (ValueError, TypeError, OverflowError):
         raise ApiError(422, "invalid_cursor", "cursor is not one this API returned") from None

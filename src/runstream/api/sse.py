@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from runstream.concurrency import completes_within, ended_by_deadline, helper_task
+from runstream.concurrency import (
+    completes_within,
+    ended_by_deadline,
+    finish_shielded,
+    helper_task,
+)
 
 log = structlog.get_logger(__name__)
 
+CLOSE_TIMEOUT_S = 2.0
+"""The most a stream's ``on_close`` may take (one Redis round trip)."""
 PING = b": ping\n\n"
 """The keep-alive comment sent after a quiet period (an EventSource ignores it)."""
 
@@ -69,7 +76,9 @@ class EventStreamResponse(StreamingResponse):
         *,
         streams: OpenStreams,
         send_timeout_s: float,
+        max_s: float | None = None,
         headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # X-Accel-Buffering: a proxy that buffers responses would hold events back.
         # The frames are sent by __call__ below, not by StreamingResponse's loop.
@@ -77,12 +86,24 @@ class EventStreamResponse(StreamingResponse):
         self._frames = frames
         self._streams = streams
         self._send_timeout_s = send_timeout_s
+        self._max_s = max_s
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(receive, send)
+        finally:
+            if self._on_close is not None:  # e.g. the principal's stream lease
+                with contextlib.suppress(Exception):
+                    await finish_shielded(self._on_close(), within_s=CLOSE_TIMEOUT_S)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
         # The client leaving or the server closing expires the deadline: the block ends.
         async with ended_by_deadline() as deadline:
+            if self._max_s is not None:  # RUNSTREAM_STREAM_MAX_S: the client resumes
+                deadline.reschedule(asyncio.get_running_loop().time() + self._max_s)
             with self._streams.track(deadline):
                 async with helper_task(_until_disconnect(receive, deadline), name="sse-exit"):
                     await self._send_frames(send)
@@ -95,6 +116,7 @@ class EventStreamResponse(StreamingResponse):
             async for frame in frames:
                 body = {"type": "http.response.body", "body": frame or PING, "more_body": True}
                 if not await completes_within(send(body), self._send_timeout_s):
+                    # One line, no traceback: a slow or vanished reader is routine.
                     timeout = self._send_timeout_s
                     log.info("stream ended: the client stopped reading", after_s=timeout)
                     return

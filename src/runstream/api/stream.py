@@ -14,8 +14,9 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query
+from starlette.responses import Response
 
-from runstream.api.deps import RunId, State, StreamPrincipal
+from runstream.api.deps import ApiState, RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError
 from runstream.api.sse import EventStreamResponse
 from runstream.errors import BackendUnavailable
@@ -27,49 +28,90 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["stream"])
 
 
-@router.get("/runs/{run_id}/stream", response_class=EventStreamResponse)
+MAX_CURSOR = 2**63 - 1
+"""The largest ``seq`` a cursor may name (a Redis stream id's first part is 64-bit)."""
+RETRY_MS = 1000
+"""The reconnection delay every stream starts with (``retry:``), for EventSource."""
+OUTAGE_RETRY_MS = 3000
+"""The delay a stream answered during an outage asks for before the client comes back."""
+
+
+@router.get(
+    "/runs/{run_id}/stream",
+    status_code=200,  # said here: the response class takes no status of its own
+    response_class=EventStreamResponse,
+    responses={204: {"description": "resumed at or after the run's terminal event"}},
+)
 async def stream_run(
     run_id: RunId,
     state: State,
     principal: StreamPrincipal,
-    after: Annotated[int | None, Query(ge=0)] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
-) -> EventStreamResponse:
+    after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=40)] = None,
+) -> Response:
     """Replay the run's events after the cursor, then follow it live until it ends."""
     res = state.resources
     cursor = _cursor(last_event_id, after)
-    await state.runs.check_readable(run_id, principal)  # RunNotFound: 404
-    if not res.hub.healthy:
-        raise BackendUnavailable("live delivery is down (pub/sub reconnecting); retry shortly")
-    # One round trip before the 200: a Redis that refuses us now gets a 503, not a stream
-    # that opens and closes empty.
-    await res.reads.log_exists(run_id)
+    try:
+        await state.runs.check_readable(run_id, principal)  # RunNotFound: 404
+        if cursor and await _already_ended(res, run_id, cursor):
+            return Response(status_code=204)  # EventSource stops reconnecting on a 204
+        # A pub/sub reconnect in progress is waited for (as long as a subscription may
+        # take to confirm), not answered 503: EventSource would never come back.
+        if not res.hub.healthy and not await res.hub.wait_connected(res.hub.confirm_timeout):
+            raise BackendUnavailable("live delivery is down", dependency="live delivery")
+        # The open's one Redis round trip: a Redis that does not answer now gets a
+        # come-back-later stream, not one that opens and then fails.
+        lease = await res.quotas.take_stream(principal)  # QuotaExceeded: 429
+    except BackendUnavailable as exc:
+        log.warning("stream answered with a retry hint", run_id=run_id, error=str(exc))
+        return _come_back_later(state)
     heartbeat = res.settings.heartbeat_s
+    # Taken last: from here the response owns the lease and releases it however it ends.
     return EventStreamResponse(
         _events(res, run_id, cursor),
         streams=state.streams,
         send_timeout_s=max(2 * heartbeat, 5.0),
+        max_s=res.settings.stream_max_s or None,
         headers={"Cache-Control": "no-store"},
+        on_close=lambda: res.quotas.release_stream(principal, lease),
     )
 
 
 def _cursor(last_event_id: str | None, after: int | None) -> int:
-    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``."""
-    if last_event_id is None:
+    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``;
+    an empty one means no cursor, as an EventSource that saw no id yet sends it."""
+    if last_event_id is None or not last_event_id.strip():
         return after or 0
-    try:
-        value = int(last_event_id)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ApiError(422, "invalid_request", "Last-Event-ID must be a non-negative integer")
-    return value
+    text = last_event_id.strip()
+    if not text.isdigit() or int(text) > MAX_CURSOR:
+        raise ApiError(
+            422, "invalid_request", f"Last-Event-ID must be an integer from 0 to {MAX_CURSOR}"
+        )
+    return int(text)
+
+
+async def _already_ended(res: Resources, run_id: str, cursor: int) -> bool:
+    """Whether a resume at ``cursor`` comes at or after the run's terminal event."""
+    run = await res.reads.record(run_id)
+    return run is not None and run.status.is_final and cursor >= run.last_seq
+
+
+def _come_back_later(state: ApiState) -> EventStreamResponse:
+    """A 200 stream that only asks the client to reconnect a little later: during an
+    outage, a browser's EventSource then comes back by itself (a 503 would end it)."""
+
+    async def hint() -> AsyncIterator[bytes | None]:
+        yield b"retry: %d\n: unavailable, reconnect later\n\n" % OUTAGE_RETRY_MS
+
+    return EventStreamResponse(hint(), streams=state.streams, send_timeout_s=5.0)
 
 
 async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[bytes | None]:
     labels = (res.role, res.settings.instance)
     active, delivered = ACTIVE_STREAMS.labels(*labels), EVENTS_DELIVERED.labels(*labels)
     active.inc()
+    yield b"retry: %d\n\n" % RETRY_MS
     batches = follow_batches(
         run_id, after, res.sources(), poll_s=res.settings.heartbeat_s, idle=True
     )

@@ -10,13 +10,13 @@ exiting 0, and would take the signals away from a worker sharing the process
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import signal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import uvicorn
 
+from runstream.api.hosts import is_loopback
 from runstream.cli.signals import handle_signals
 from runstream.errors import ConfigError, RunstreamError
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from runstream.config import Settings
-
-LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 class ApiStartError(RunstreamError):
@@ -84,6 +82,9 @@ def build_server(
         # uvicorn types this as int; round up so a fractional grace is never cut short.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         log_config=None,  # logging is configured once, by runstream.logs
+        # RUNSTREAM_HTTP_MAX_CONNECTIONS: uvicorn answers 503 to connections above it
+        # before the app sees them, so a flood cannot exhaust the process's descriptors.
+        limit_concurrency=settings.http_max_connections,
     )
     return ApiServer(config, app, on_ready)
 
@@ -101,17 +102,6 @@ async def serve(server: ApiServer, sock: socket.socket | None = None) -> None:
         raise ApiStartError(
             f"the API could not start on {config.host}:{config.port} (see the log above)"
         ) from None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the API reachable from this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve to anything
 
 
 def check_bind(host: str, settings: Settings) -> None:

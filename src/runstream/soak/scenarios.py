@@ -8,7 +8,7 @@ applies its fault, and checks the outcome with a :class:`~runstream.soak.checks.
 - ``disconnect``: the client drops the stream after a few events, once or more, and
   resumes; the concatenation must still be seq 1..N once each: ``completed``.
 - ``stop``: a run that hangs after its ticks is stopped while followed: ``stopped``.
-- ``fail``: a run whose agent raises: ``failed`` with "scripted failure".
+- ``fail``: a run whose agent raises: ``failed`` with an error naming "RuntimeError".
 - ``pubsub_kill``: ``CLIENT KILL TYPE pubsub`` while the stream is live; the server
   resyncs from its log, so every event still arrives once, in order: ``completed``.
 
@@ -54,7 +54,9 @@ MAX_ATTEMPTS: Final = 8
 DRAIN_TIMEOUT_S: Final = 5.0
 """How long the server may keep a stream open after its terminal event."""
 
-SCRIPTED_FAILURE: Final = "scripted failure"
+SCRIPTED_FAILURE: Final = "RuntimeError"
+"""What the error of a ``fail`` run names: the agent's exception type (its message reaches
+clients only with RUNSTREAM_EXPOSE_AGENT_ERRORS)."""
 
 STALL_S: Final = 5.0
 """A wait this long for the next event of a run that is producing them is a stall: not a

@@ -114,7 +114,9 @@ def _check_sqlite_directory(url: URL) -> None:
         return
     directory = Path(database).absolute().parent
     if not directory.is_dir():
-        raise BackendUnavailable(f"database unavailable: directory {directory} does not exist")
+        raise BackendUnavailable(
+            f"database unavailable: directory {directory} does not exist", dependency="the database"
+        )
 
 
 def _is_memory(url: URL) -> bool:

@@ -13,14 +13,14 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, exc, or_, select, text, update
+from sqlalchemy import and_, delete, exc, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from runstream.budget import budget_exhausted
 from runstream.errors import BackendUnavailable, TooManyConnections
-from runstream.models import Event, Run, RunStatus
+from runstream.models import PAGE_BYTES, Event, Run, RunStatus
 from runstream.store.tables import EventRow, RunRow, metadata
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def database_errors(*, role: str = "unknown", instance: str = "unknown") -> Iter
             or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
             or (isinstance(error, exc.DBAPIError) and error.connection_invalidated)
         ):
-            raise BackendUnavailable(f"database unavailable: {_first_line(error)}") from error
+            raise BackendUnavailable(
+                f"database unavailable: {_first_line(error)}", dependency="the database"
+            ) from error
         raise
 
 
@@ -332,17 +334,31 @@ class RunStore:
                 await session.execute(_insert_events_ignoring_duplicates(session), rows)
 
     async def read_events(self, run_id: str, after: int, limit: int) -> list[Event]:
-        """Archived events of a run with ``seq > after``, in ``seq`` order, at most ``limit``."""
-        query = (
-            select(EventRow)
+        """Archived events of a run with ``seq > after``, in ``seq`` order, at most
+        ``limit`` and about ``PAGE_BYTES`` (as a log page: see ``is_last_page``)."""
+        size = func.length(EventRow.data)
+        page = (
+            select(
+                EventRow.seq,
+                EventRow.type,
+                EventRow.data,
+                (func.sum(size).over(order_by=EventRow.seq) - size).label("before"),
+            )
             .where(EventRow.run_id == run_id, EventRow.seq > after)
             .order_by(EventRow.seq)
             .limit(limit)
+            .subquery()
+        )
+        # An event is in the page while the events before it hold under PAGE_BYTES.
+        query = (
+            select(page.c.seq, page.c.type, page.c.data)
+            .where(page.c.before < PAGE_BYTES)
+            .order_by(page.c.seq)
         )
         async with self._transaction() as session:
             return [
-                Event(seq=row.seq, type=row.type, data=bytes(row.data))
-                for row in await session.scalars(query)
+                Event(seq=seq, type=kind, data=bytes(data))
+                for seq, kind, data in await session.execute(query)
             ]
 
     async def runs_with_status(

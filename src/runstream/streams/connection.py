@@ -157,6 +157,6 @@ class RedisErrors(ErrorMap):
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
             if is_budget_error(exc):
                 raise self.exhausted(f"Too many connections: {exc}", "redis") from exc
-            raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
+            raise BackendUnavailable(f"Redis unavailable: {exc}", dependency="Redis") from exc
         if isinstance(exc, RedisError):
-            raise BackendUnavailable(f"Redis error: {exc}") from exc
+            raise BackendUnavailable(f"Redis error: {exc}", dependency="Redis") from exc

@@ -13,19 +13,31 @@ Notification payload: ``b"<seq>\\n<type>\\n<json>"`` (see :func:`decode_notifica
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from runstream.models import Event
+from runstream.models import PAGE_BYTES, Event
 from runstream.streams import keys
 from runstream.streams.connection import RedisErrors
 
 _APPEND = """
+if ARGV[3] ~= '' then
+  -- Fencing: only the holder of the run's lock may write it. A lock Redis lost (a
+  -- restart) is taken back, as renewing it would; a lock another worker holds refuses.
+  local holder = redis.call('GET', KEYS[2])
+  if not holder then
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  elseif holder ~= ARGV[3] then
+    return -1
+  end
+end
 local last = 0
 local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #tail > 0 then last = tonumber(string.match(tail[1][1], '^(%d+)')) end
 local added = 0
-for i = 3, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if seq > last then
     redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2])
@@ -39,6 +51,45 @@ return added
 """
 
 
+# A page holds up to COUNT entries, stopping once it holds BUDGET bytes of event data:
+# so a page of large events costs the reader (and Redis) about BUDGET, not COUNT times
+# the largest event. Entries are taken 32 at a time so Redis never holds a huge reply.
+_READ = """
+local out, total, start = {}, 0, ARGV[1]
+local wanted, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
+while #out < wanted and total < budget do
+  local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(32, wanted - #out))
+  if #chunk == 0 then break end
+  for _, entry in ipairs(chunk) do
+    out[#out + 1] = entry
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then total = total + #fields[i + 1] end
+    end
+    start = '(' .. entry[1]
+    if total >= budget or #out >= wanted then break end
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The run lock a writer holds: only while it is current do its appends land."""
+
+    token: str
+    ttl_ms: int  # to take the lock back if Redis lost it (a restart), as a renewal would
+
+
+REFUSED: Final = -1
+"""What an append returns, instead of a count, when its fence is no longer current."""
+
+
+AppendBatch = tuple[str, Sequence[Event], Fence | None]
+"""One run's events for :meth:`EventLog.append_many`: run id, events, the writer's fence."""
+
+
 class EventLog:
     """Appends to and reads from the per-run logs, through the process's command pool.
 
@@ -50,47 +101,58 @@ class EventLog:
         self._ttl_s = ttl_s
         self._errors = errors
         self._append = redis.register_script(_APPEND)
+        self._read = redis.register_script(_READ)
 
-    async def append(self, run_id: str, events: Sequence[Event]) -> int:
-        """Append ``events`` (increasing ``seq``) and notify readers; returns how many were new."""
+    async def append(self, run_id: str, events: Sequence[Event], fence: Fence | None = None) -> int:
+        """Append ``events`` (increasing ``seq``) and notify readers; returns how many were
+        new, or :data:`REFUSED` when ``fence`` is given and no longer holds the run's lock."""
         if not events:
             return 0
-        args = self._args(run_id, events)
+        args = self._args(run_id, events, fence)
         with self._errors:
-            added: int = await self._append(keys=[keys.run_events(run_id)], args=args)
+            added: int = await self._append(keys=self._keys(run_id), args=args)
         return added
 
-    async def append_many(self, batches: Sequence[tuple[str, Sequence[Event]]]) -> list[int]:
-        """Append several runs' batches in one pipelined round trip; how many were new, each.
+    async def append_many(self, batches: Sequence[AppendBatch]) -> list[int]:
+        """Append several runs' batches in one pipelined round trip; what :meth:`append`
+        returns, for each batch (empty ones count 0).
 
-        Each batch is its run's own atomic append-and-notify, as :meth:`append`; a retry
-        of the whole call duplicates nothing.
+        Each batch is its run's own atomic append-and-notify; a retry of the whole call
+        duplicates nothing.
         """
-        batches = [(run_id, events) for run_id, events in batches if events]
-        if not batches:
-            return []
+        if not any(events for _, events, _ in batches):
+            return [0] * len(batches)
         with self._errors:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id, events in batches:
-                    await self._append(
-                        keys=[keys.run_events(run_id)], args=self._args(run_id, events), client=pipe
-                    )
-                added: list[int] = await pipe.execute()
-        return added
+                for run_id, events, fence in batches:
+                    if events:
+                        args = self._args(run_id, events, fence)
+                        await self._append(keys=self._keys(run_id), args=args, client=pipe)
+                results: list[int] = await pipe.execute()
+        answers = iter(results)
+        return [next(answers) if events else 0 for _, events, _ in batches]
 
-    def _args(self, run_id: str, events: Sequence[Event]) -> list[bytes | str | int]:
+    @staticmethod
+    def _keys(run_id: str) -> list[str]:
+        return [keys.run_events(run_id), keys.run_lock(run_id)]
+
+    def _args(
+        self, run_id: str, events: Sequence[Event], fence: Fence | None
+    ) -> list[bytes | str | int]:
         args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
+        args += [fence.token, fence.ttl_ms] if fence is not None else ["", 0]
         for event in events:
             args.extend((event.seq, event.type, event.data))
         return args
 
     async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:
-        """Up to ``limit`` events with ``seq > after``, in order."""
+        """Up to ``limit`` events with ``seq > after``, in order, about
+        :data:`PAGE_BYTES` at most (always at least one event when there is one)."""
         with self._errors:
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
-                keys.run_events(run_id), min=f"{after + 1}-0", max="+", count=limit
+            entries: list[list[Any]] = await self._read(
+                keys=[keys.run_events(run_id)], args=[f"{after + 1}-0", limit, PAGE_BYTES]
             )
-        return [_entry_to_event(entry_id, fields) for entry_id, fields in entries]
+        return [_entry_to_event(entry_id, _fields(flat)) for entry_id, flat in entries]
 
     async def last_seq(self, run_id: str) -> int | None:
         """The highest ``seq`` in the log, or None when the log does not exist."""
@@ -102,11 +164,6 @@ class EventLog:
             return None
         return _seq_of(tail[0][0])
 
-    async def exists(self, run_id: str) -> bool:
-        """Whether Redis still holds any of the run's log."""
-        with self._errors:
-            return bool(await self._redis.exists(keys.run_events(run_id)))
-
 
 def decode_notification(payload: bytes) -> Event:
     """Turn an append notification back into the event it announces."""
@@ -117,6 +174,10 @@ def decode_notification(payload: bytes) -> Event:
 def _seq_of(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.partition("-")[0])
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _entry_to_event(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, overload
 
-from runstream.models import Run, gap_event, status_event
+from runstream.models import Run, gap_event, is_last_page, status_event
 from runstream.streams import keys
 from runstream.streams.frames import Frame, notification_frame, to_frame
 from runstream.streams.pubsub import RESYNC, Message, PubSubHub
@@ -189,7 +189,7 @@ async def _pages(read: ReadPage, run_id: str, cursor: _Cursor) -> AsyncIterator[
                 break
         if batch:
             yield batch
-        if cursor.finished or len(page) < PAGE:
+        if cursor.finished or is_last_page([frame.event for frame in page], PAGE):
             return
 
 

@@ -35,6 +35,16 @@ def run_lock(run_id: str) -> str:
     return f"{PREFIX}:run:{{{run_id}}}:lock"
 
 
+def principal_runs(principal: str) -> str:
+    """Sorted set of a principal's active runs (member: run id, score: lease expiry ms)."""
+    return f"{PREFIX}:principal:{{{principal}}}:runs"
+
+
+def principal_streams(principal: str) -> str:
+    """Sorted set of a principal's open streams (member: stream id, score: lease expiry ms)."""
+    return f"{PREFIX}:principal:{{{principal}}}:streams"
+
+
 def hub_channel(role: str, instance: str) -> str:
     """A process's private channel, always subscribed so the pub/sub connection is never idle."""
     return f"{PREFIX}:hub:{role}:{instance}"

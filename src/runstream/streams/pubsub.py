@@ -222,6 +222,11 @@ class PubSubHub:
             return False
         return not self._pong_overdue(time.monotonic())
 
+    @property
+    def confirm_timeout(self) -> float:
+        """How long a subscription may take to be confirmed before it fails."""
+        return self._confirm_timeout
+
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the hub holds a live connection; False on timeout."""
         try:

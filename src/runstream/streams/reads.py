@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from runstream.concurrency import finish_shielded
-from runstream.models import Event, Run
+from runstream.models import Event, Run, is_last_page
 from runstream.streams.eventlog import EventLog
 from runstream.streams.frames import Frame, to_frame
 
@@ -98,8 +98,9 @@ class SharedReads:
     """The log, record and archive reads of every follower in the process.
 
     An async context manager: its reads run as tasks of its own task group, cancelled
-    and awaited on exit. ``log_gate`` bounds concurrent Redis reads,
-    ``db_gate`` concurrent database reads; both must be below the pools' sizes.
+    and awaited on exit. ``log_gate`` bounds concurrent Redis reads (shared with the
+    stream leases: ``resources.redis_gate``), ``db_gate`` concurrent database reads;
+    both must be below the pools' sizes.
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class SharedReads:
         log: EventLog,
         load_run: LoadRun,
         read_archive: ReadArchive,
-        log_gate: int,
+        log_gate: asyncio.Semaphore,
         db_gate: int,
         fresh_s: float,
     ) -> None:
@@ -116,13 +117,12 @@ class SharedReads:
         self._load_run = load_run
         self._read_archive = read_archive
         self._fresh_s = fresh_s
-        redis_gate, database_gate = asyncio.Semaphore(log_gate), asyncio.Semaphore(db_gate)
+        redis_gate, database_gate = log_gate, asyncio.Semaphore(db_gate)
         self._group: asyncio.TaskGroup | None = None
         spawn = self._spawn
         self._pages: SingleFlight[tuple[str, int, int], list[Frame]] = SingleFlight(
             spawn, redis_gate
         )
-        self._exists: SingleFlight[str, bool] = SingleFlight(spawn, redis_gate)
         self._records: SingleFlight[str, Run | None] = SingleFlight(spawn, database_gate)
         self._archive: SingleFlight[tuple[str, int, int], list[Frame]] = SingleFlight(
             spawn, database_gate
@@ -141,7 +141,7 @@ class SharedReads:
         assert group is not None
         flying = [
             task
-            for flights in (self._pages, self._exists, self._records, self._archive)
+            for flights in (self._pages, self._records, self._archive)
             for task in flights._flights.values()
         ]
         # Reads in flight finish first, within a deadline: a read cancelled in the middle
@@ -188,8 +188,9 @@ class SharedReads:
 
     async def _read_log(self, run_id: str, after: int, limit: int) -> list[Frame]:
         started = time.monotonic()
-        frames = [to_frame(event) for event in await self._log.read(run_id, after, limit)]
-        if len(frames) < limit:  # this read reached the end the log had at ``started``
+        events = await self._log.read(run_id, after, limit)
+        frames = [to_frame(event) for event in events]
+        if is_last_page(events, limit):  # this read reached the end the log had at ``started``
             previous = self._checked.get(run_id)
             if previous is None or previous[0] <= started:
                 self._checked[run_id] = (started, frames[-1].seq if frames else after)
@@ -202,10 +203,6 @@ class SharedReads:
         old = [k for k, (at, _) in self._checked.items() if now - at >= self._fresh_s]
         for run_id in old:
             del self._checked[run_id]
-
-    async def log_exists(self, run_id: str) -> bool:
-        """Whether Redis still holds the run's log."""
-        return await self._exists.do(run_id, lambda: self._log.exists(run_id))
 
     async def record(self, run_id: str) -> Run | None:
         """The run's record: cached once final, read at most once per ``fresh_s`` before."""

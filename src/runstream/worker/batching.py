@@ -21,7 +21,8 @@ from runstream.errors import RunstreamError
 from runstream.metrics import APPEND_ROUND_TRIPS
 from runstream.models import Event
 from runstream.resources import Resources
-from runstream.service import WORKER_RETRY_S, EventWriter, retrying
+from runstream.service import WORKER_RETRY_S, EventWriter, lock_lost, retrying
+from runstream.streams.eventlog import REFUSED, AppendBatch
 
 MAX_QUEUED = 256
 """Events an agent may be ahead of Redis before its next yield waits."""
@@ -126,18 +127,23 @@ class Appender:
                 await self._send([(b, b._take()) for b in batchers])
 
     async def _send(self, work: list[tuple[EventBatcher, list[Event]]]) -> None:
-        items = [(b.writer.run_id, events) for b, events in work]
+        items: list[AppendBatch] = [(b.writer.run_id, ev, b.writer.fence) for b, ev in work]
         log = self._res.log
         error: RunstreamError | None = None
+        added: list[int] = []
         try:
-            await retrying(lambda: log.append_many(items), within_s=WORKER_RETRY_S)
+            added = await retrying(lambda: log.append_many(items), within_s=WORKER_RETRY_S)
             self._round_trips.inc()
         except RunstreamError as exc:
             error = exc
-        for batcher, events in work:
-            if error is None:
+        for index, (batcher, events) in enumerate(work):
+            if error is not None:
+                batcher._done(error)
+            elif added[index] == REFUSED:  # another worker owns this run now
+                batcher._done(lock_lost(batcher.writer.run_id))
+            else:
                 batcher.writer.appended(events)
-            batcher._done(error)
+                batcher._done(None)
 
 
 @asynccontextmanager

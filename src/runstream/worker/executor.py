@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,15 @@ import structlog
 
 from runstream.agents.context import RunContext
 from runstream.concurrency import finish_shielded, helper_task
-from runstream.errors import AgentError, BackendUnavailable, RunstreamError, describe
+from runstream.errors import AgentError, BackendUnavailable, LockLost, RunstreamError, describe
 from runstream.models import Run, RunStatus, build_event, status_event, utcnow
 from runstream.resources import Resources
 from runstream.service import SHUTDOWN_ERROR, EventWriter, Outcome, RunService
 from runstream.streams import keys
+from runstream.streams.eventlog import Fence
 from runstream.streams.pubsub import RESYNC, Message, Subscription
 from runstream.worker.batching import Appender, EventBatcher, batching
+from runstream.worker.limits import RunBudget
 
 log = structlog.get_logger(__name__)
 
@@ -85,18 +88,18 @@ class Executor:
             if run.status is RunStatus.RUNNING:
                 await self.end_orphan(run)
                 return
-            async with self._locked(run_id) as taken:
-                if taken:  # else another worker has it
-                    await self._execute_locked(run)
+            async with self._locked(run) as fence:
+                if fence is not None:  # else another worker has it
+                    await self._execute_locked(run, fence)
 
     async def end_orphan(self, run: Run) -> bool:
         """End a ``running`` run whose worker is gone; False while its lock is held."""
-        async with self._locked(run.id, keep=False) as taken:
-            if taken:
-                await self._runs.end_orphan(run)
-            return taken
+        async with self._locked(run, keep=False) as fence:
+            if fence is not None:
+                await self._runs.end_orphan(run, fence)
+            return fence is not None
 
-    async def _execute_locked(self, run: Run) -> None:
+    async def _execute_locked(self, run: Run, fence: Fence) -> None:
         # Listen for control messages before looking at the stop flag, so a stop that
         # comes in between is heard one way or the other.
         # A SubscribeError leaves the run queued; the queue delivers it again.
@@ -104,10 +107,14 @@ class Executor:
             started = await self._runs.start(run.id)
             if started is None:
                 return  # stopped while queued: its stream already holds its terminal event
-            await self._run_started(started, control)
+            with contextlib.suppress(BackendUnavailable):  # renewed with the lock anyway
+                await self._res.quotas.renew_run(
+                    run.principal, run.id, self._runs.running_lease_s, starting=True
+                )
+            await self._run_started(started, control, fence)
 
-    async def _run_started(self, run: Run, control: Subscription) -> None:
-        writer = await self._runs.writer(run)
+    async def _run_started(self, run: Run, control: Subscription, fence: Fence) -> None:
+        writer = await self._runs.writer(run, fence)
         active = ActiveRun(RunContext(run.id, run.thread_id, dict(run.metadata)))
         self._active[run.id] = active
         outcome = Outcome(RunStatus.FAILED, "internal error")
@@ -153,17 +160,34 @@ class Executor:
         self, events: AsyncIterator[dict[str, Any]], active: ActiveRun, batcher: EventBatcher
     ) -> Outcome:
         limit = self._settings.max_event_bytes
+        budget = RunBudget(self._settings)
+        deadline = asyncio.timeout(self._settings.max_run_s)
         try:
-            async with _closing(events):
+            async with deadline, _closing(events):
                 async for raw in events:
-                    await batcher.put(build_event(raw, batcher.next_seq, utcnow(), limit))
-        except (AgentError, BackendUnavailable) as exc:
+                    event = build_event(raw, batcher.next_seq, utcnow(), limit)
+                    budget.charge(event)
+                    await batcher.put(event)
+        except TimeoutError:
+            if not deadline.expired():
+                return self._agent_failed(TimeoutError())  # the agent's own timeout
+            return Outcome(RunStatus.FAILED, budget.time_exceeded())
+        except (AgentError, BackendUnavailable, LockLost) as exc:
             return Outcome(RunStatus.FAILED, str(exc))
         except Exception as exc:  # the agent's own failure ends its run, not the worker
-            return Outcome(RunStatus.FAILED, describe(exc))
+            return self._agent_failed(exc)
         if active.stopping:
             return Outcome(RunStatus.STOPPED, active.stop_reason)
         return Outcome(RunStatus.COMPLETED)
+
+    def _agent_failed(self, exc: BaseException) -> Outcome:
+        """The outcome of an agent that raised: its full text is logged; clients see its
+        type only, unless RUNSTREAM_EXPOSE_AGENT_ERRORS (it may hold a secret)."""
+        text = describe(exc)
+        log.warning("agent failed", error=text)
+        if self._settings.expose_agent_errors:
+            return Outcome(RunStatus.FAILED, text)
+        return Outcome(RunStatus.FAILED, f"{type(exc).__name__} (details in the worker log)")
 
     async def _watch_stop(
         self,
@@ -211,34 +235,45 @@ class Executor:
     # -- the lock ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _locked(self, run_id: str, *, keep: bool = True) -> AsyncIterator[bool]:
-        """Take the run's lock for the block (renewed while it runs when ``keep``);
-        yields False, holding nothing, when another worker has it."""
-        if not await self._res.control.acquire(run_id, self._owner, self._lock_ttl_s):
-            yield False
+    async def _locked(self, run: Run, *, keep: bool = True) -> AsyncIterator[Fence | None]:
+        """Take the run's lock for the block (renewed while it runs when ``keep``); yields
+        its fence, or None, holding nothing, when another worker has it.
+
+        The lock's value is this worker's instance plus a token of this taking, so the
+        append script can refuse a writer whose lock someone else took since (fencing).
+        """
+        run_id = run.id
+        token = f"{self._owner}:{secrets.token_hex(6)}"
+        if not await self._res.control.acquire(run_id, token, self._lock_ttl_s):
+            yield None
             return
+        fence = Fence(token, int(self._lock_ttl_s * 1000))
         try:
             if keep:
-                async with helper_task(self._keep_lock(run_id), name="runstream-run-lock"):
-                    yield True
+                keeper = self._keep_lock(run_id, run.principal, token)
+                async with helper_task(keeper, name="runstream-run-lock"):
+                    yield fence
             else:
-                yield True
+                yield fence
         finally:
             with contextlib.suppress(RunstreamError, TimeoutError):  # the TTL ends it anyway
                 await finish_shielded(
-                    self._res.control.release(run_id, self._owner), within_s=RELEASE_TIMEOUT_S
+                    self._res.control.release(run_id, token), within_s=RELEASE_TIMEOUT_S
                 )
 
-    async def _keep_lock(self, run_id: str) -> None:
+    async def _keep_lock(self, run_id: str, principal: str, token: str) -> None:
+        """Renew the run's lock, and with it the run's lease on its principal's quota."""
         interval = self._settings.worker_lost_s / 6
+        lease_s = self._runs.running_lease_s
         while True:
             await asyncio.sleep(interval)
             try:
-                kept = await self._res.control.renew(run_id, self._owner, self._lock_ttl_s)
+                kept = await self._res.control.renew(run_id, token, self._lock_ttl_s)
+                await self._res.quotas.renew_run(principal, run_id, lease_s)
             except BackendUnavailable as exc:
                 log.warning("could not renew the run lock", error=str(exc))
                 continue
-            if not kept:
+            if not kept:  # its next append is refused (LockLost) and the run ends here
                 log.error("run lock taken by another worker")
 
 
