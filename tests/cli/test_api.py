@@ -111,3 +111,32 @@ def test_api_workers_serve_one_port_from_several_processes_and_streams_resume_ac
         api.process.send_signal(signal.SIGTERM)
         assert api.process.wait(30) == 0, api.stderr
     assert [n for n in private_redis.client_names("runstream:") if ":api:" in n] == []
+
+
+def test_http_max_connections_caps_connections_with_503(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = api_env(private_redis, tmp_path, "cap", RUNSTREAM_HTTP_MAX_CONNECTIONS="3")
+    with background("api", "--port", str(port), env=env, workdir=tmp_path) as api:
+        wait_healthy(url, api)
+        # No worker: the run stays queued, so its streams stay open.
+        run = httpx.post(f"{url}/runs", json={"agent": "echo", "input": {"text": "x"}}).json()
+        with contextlib.ExitStack() as held:
+            statuses = []
+            for _ in range(6):
+                client = held.enter_context(httpx.Client(base_url=url, timeout=10))
+                stream = held.enter_context(client.stream("GET", f"/runs/{run['id']}/stream"))
+                statuses.append(stream.status_code)
+                if stream.status_code == 503:
+                    break
+        # Up to 3 connections at once (the earlier requests' may not be closed yet): the
+        # one after them is refused by the server itself.
+        assert statuses[-1] == 503 and 1 <= statuses.count(200) <= 3, statuses
+
+        # The streams are gone: there is room again.
+        def served() -> bool:
+            return httpx.get(f"{url}/runs/{run['id']}", timeout=10).status_code == 200
+
+        wait_for(served, 10, "a request served once the streams closed")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from typing import Any
 
 import orjson
 import pytest
+import structlog
 from httpx_sse import aconnect_sse
 
 from tests.api.streaming import read_first, read_stream, start
+from tests.conftest import wait_until
 from tests.faults.conftest import FaultSystem
 from tests.faults.inject import FailingSubscribe
 
@@ -98,4 +102,30 @@ async def test_subscribe_failing_at_stream_start_releases_everything(
     # The hub rebuilt its connection after the failed command; streams are served again.
     assert await system.api.resources.hub.wait_connected(10)
     assert await read_stream(client, run_id) == full
+    await system.assert_back_to_baseline()
+
+
+async def test_a_reader_that_stops_reading_is_cut_with_one_log_line(
+    system: FaultSystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = system.client
+    run_id = await start(client, "scripted", count=200, payload_bytes=100_000)
+    await read_stream(client, run_id)  # finished: its replay is ~20 MB, more than any buffer
+    host, port = system.api.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the client's buffer stays full
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    with structlog.testing.capture_logs() as logs:
+        writer.write(f"GET /runs/{run_id}/stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        await reader.readexactly(64)  # the stream started; from now on nobody reads
+        hub = system.api.resources.hub
+        await wait_until(lambda: hub.stats().subscribers == 0, timeout=30)
+    writer.close()
+    cut = [e for e in logs if e["event"] == "stream ended: the client stopped reading"]
+    assert len(cut) == 1
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # uvicorn's too
     await system.assert_back_to_baseline()
