@@ -23,6 +23,7 @@ from tests.system import Api, make_settings, running_api
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-01234567890"
+Callers = tuple[httpx.AsyncClient, httpx.AsyncClient, httpx.AsyncClient]
 LIMITS = {
     "api_keys": f"{ALICE}=alice,{BOB}=bob",
     "max_active_runs_per_principal": 2,
@@ -47,32 +48,39 @@ async def hang(client: httpx.AsyncClient) -> httpx.Response:
     )
 
 
-@pytest.mark.usefixtures("worker")
-async def test_active_runs_are_limited_per_principal_across_api_processes(
-    api: Api, second_api: Api
-) -> None:
+@pytest.fixture
+async def callers(api: Api, second_api: Api) -> AsyncIterator[Callers]:
+    """Alice through both API processes, and Bob."""
     async with (
         api.client(ALICE) as alice,
         second_api.client(ALICE) as alice2,
         api.client(BOB) as bob,
     ):
-        first = await hang(alice)
-        assert first.status_code == 201
-        assert (await hang(alice2)).status_code == 201
-        refused = await hang(alice)
-        assert_error(refused, 429, "too_many_runs")
-        assert refused.headers["Retry-After"].isdigit()
-        assert "RUNSTREAM_MAX_ACTIVE_RUNS_PER_PRINCIPAL" in refused.json()["error"]["message"]
-        assert_error(await hang(alice2), 429, "too_many_runs")
-        assert (await hang(bob)).status_code == 201  # another principal is not held back
-        run_id = first.json()["id"]
-        assert (await alice.post(f"/runs/{run_id}/stop")).status_code == 202
-        await read_stream(alice, run_id)  # it has ended
-        assert (await hang(alice)).status_code == 201
-        for run in (await alice.get("/runs", params={"status": "running"})).json()["runs"]:
-            await alice.post(f"/runs/{run['id']}/stop")
-        for run in (await bob.get("/runs", params={"status": "running"})).json()["runs"]:
-            await bob.post(f"/runs/{run['id']}/stop")
+        yield alice, alice2, bob
+
+
+@pytest.mark.usefixtures("worker")
+async def test_active_runs_are_limited_per_principal_across_api_processes(
+    callers: Callers,
+) -> None:
+    alice, alice2, bob = callers
+    first = await hang(alice)
+    assert first.status_code == 201
+    assert (await hang(alice2)).status_code == 201
+    refused = await hang(alice)
+    assert_error(refused, 429, "too_many_runs")
+    assert refused.headers["Retry-After"].isdigit()
+    assert "RUNSTREAM_MAX_ACTIVE_RUNS_PER_PRINCIPAL" in refused.json()["error"]["message"]
+    assert_error(await hang(alice2), 429, "too_many_runs")
+    assert (await hang(bob)).status_code == 201  # another principal is not held back
+    run_id = first.json()["id"]
+    assert (await alice.post(f"/runs/{run_id}/stop")).status_code == 202
+    await read_stream(alice, run_id)  # it has ended
+    assert (await hang(alice)).status_code == 201
+    for run in (await alice.get("/runs", params={"status": "running"})).json()["runs"]:
+        await alice.post(f"/runs/{run['id']}/stop")
+    for run in (await bob.get("/runs", params={"status": "running"})).json()["runs"]:
+        await bob.post(f"/runs/{run['id']}/stop")
 
 
 async def test_a_refused_run_leaves_nothing_queued(api: Api) -> None:
@@ -99,28 +107,24 @@ async def open_stream(client: httpx.AsyncClient, run_id: str) -> AsyncIterator[N
 
 @pytest.mark.usefixtures("worker")
 async def test_open_streams_are_limited_per_principal_and_freed_when_they_close(
-    api: Api, second_api: Api
+    api: Api, second_api: Api, callers: Callers
 ) -> None:
-    async with (
-        api.client(ALICE) as alice,
-        second_api.client(ALICE) as alice2,
-        api.client(BOB) as bob,
-    ):
-        run_id = (await hang(alice)).json()["id"]
-        bobs_run = (await hang(bob)).json()["id"]
-        async with open_stream(alice, run_id), open_stream(alice2, run_id):
-            refused = await alice.get(f"/runs/{run_id}/stream")
-            assert_error(refused, 429, "too_many_streams")
-            assert refused.headers["Retry-After"].isdigit()
-            assert_error(await alice2.get(f"/runs/{run_id}/stream"), 429, "too_many_streams")
-            async with open_stream(bob, bobs_run):
-                pass
-        await wait_until(lambda: api.resources.quotas.open_streams == 0)
-        await wait_until(lambda: second_api.resources.quotas.open_streams == 0)
-        async with open_stream(alice, run_id), open_stream(alice, run_id):
+    alice, alice2, bob = callers
+    run_id = (await hang(alice)).json()["id"]
+    bobs_run = (await hang(bob)).json()["id"]
+    async with open_stream(alice, run_id), open_stream(alice2, run_id):
+        refused = await alice.get(f"/runs/{run_id}/stream")
+        assert_error(refused, 429, "too_many_streams")
+        assert refused.headers["Retry-After"].isdigit()
+        assert_error(await alice2.get(f"/runs/{run_id}/stream"), 429, "too_many_streams")
+        async with open_stream(bob, bobs_run):
             pass
-        await alice.post(f"/runs/{run_id}/stop")
-        await bob.post(f"/runs/{bobs_run}/stop")
+    await wait_until(lambda: api.resources.quotas.open_streams == 0)
+    await wait_until(lambda: second_api.resources.quotas.open_streams == 0)
+    async with open_stream(alice, run_id), open_stream(alice, run_id):
+        pass
+    await alice.post(f"/runs/{run_id}/stop")
+    await bob.post(f"/runs/{bobs_run}/stop")
 
 
 async def test_a_dead_processs_leases_expire_by_themselves(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -121,6 +122,34 @@ async def _run_finished(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "run_finished", str(exc))
 
 
+class TrackedSend:
+    """Wraps an ASGI ``send`` and remembers whether the response has started, so a
+    middleware knows whether it may still answer with an error of its own."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, *, close: bool = False
+) -> None:
+    """Answer with the error shape straight from an ASGI middleware (no request object);
+    ``close`` when the rest of the request will not be read."""
+    body = orjson.dumps(error_body(code, message))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class InternalErrors:
     """Answer anything unexpected with a JSON 500 whose id is also in the log line.
 
@@ -135,23 +164,15 @@ class InternalErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("internal error", error_id=error_id, path=scope.get("path"))
-            if not started:
-                response = error_response(
-                    500, "internal_error", f"internal error (id {error_id}); it is logged"
-                )
-                await response(scope, receive, send)
+            if not tracked.started:
+                message = f"internal error (id {error_id}); it is logged"
+                await send_error(send, 500, "internal_error", message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

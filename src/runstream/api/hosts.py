@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Final
 
-import orjson
+from runstream.api.errors import send_error
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -54,7 +54,4 @@ class LoopbackHostsOnly:
 
 async def _refuse(send: Send) -> None:
     message = "with authentication off only loopback host names are served (Host header)"
-    body = orjson.dumps({"error": {"code": "invalid_host", "message": message}})
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 400, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, 400, "invalid_host", message)
