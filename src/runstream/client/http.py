@@ -28,12 +28,50 @@ class ApiUnreachable(ClientError):
 
 
 class ApiError(ClientError):
-    """The API answered with an error status; ``status`` and ``code`` say which."""
+    """The API answered with an error status; ``status`` and ``code`` say which, and the
+    subclass says it for the statuses a caller handles (:func:`api_error`)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{message} ({code}, HTTP {status})")
         self.status = status
         self.code = code
+        self.message = message
+
+
+class Unauthorized(ApiError):
+    """401: no credentials, or credentials the API does not accept."""
+
+
+class NotFound(ApiError):
+    """404: no such run, or not the caller's."""
+
+
+class Conflict(ApiError):
+    """409: the run has already ended (it cannot be stopped)."""
+
+
+class InvalidRequest(ApiError):
+    """413 or 422: the request was refused as it is (unknown agent, bad input...)."""
+
+
+class RateLimited(ApiError):
+    """429: a per-principal limit; ``retry_after_s`` says when to try again."""
+
+    retry_after_s: float | None = None
+
+
+class Unavailable(ApiError):
+    """5xx: the API or a backend behind it cannot serve the call now; try again."""
+
+
+_BY_STATUS: Final[dict[int, type[ApiError]]] = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    422: InvalidRequest,
+    429: RateLimited,
+}
 
 
 @asynccontextmanager
@@ -90,9 +128,16 @@ def raise_for_error(response: httpx.Response) -> None:
 
 
 def api_error(response: httpx.Response) -> ApiError:
-    """The ApiError an error response stands for (its body must have been read)."""
+    """The ApiError (subclass by status) an error response stands for (its body must
+    have been read)."""
     code, message = _error_of(response)
-    return ApiError(response.status_code, code, message)
+    status = response.status_code
+    kind = Unavailable if status >= 500 else _BY_STATUS.get(status, ApiError)
+    error = kind(status, code, message)
+    if isinstance(error, RateLimited):
+        with contextlib.suppress(KeyError, ValueError):
+            error.retry_after_s = float(response.headers["Retry-After"])
+    return error
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
