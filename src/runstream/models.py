@@ -60,9 +60,10 @@ class Run:
     error: str | None = None
     last_seq: int = 0
 
-    def to_public(self, last_seq: int | None = None) -> dict[str, Any]:
-        """The run object of the HTTP API (DESIGN.md section 4)."""
-        return {
+    def to_public(self, last_seq: int | None = None, *, with_input: bool = True) -> dict[str, Any]:
+        """The run object of the HTTP API. A list leaves ``input`` out (``with_input``):
+        inputs may be up to RUNSTREAM_MAX_INPUT_BYTES each, too much for a page of 100."""
+        public: dict[str, Any] = {
             "id": self.id,
             "agent": self.agent,
             "status": self.status.value,
@@ -74,6 +75,9 @@ class Run:
             "error": self.error,
             "last_seq": self.last_seq if last_seq is None else max(last_seq, self.last_seq),
         }
+        if with_input:
+            public["input"] = self.input
+        return public
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,9 +171,9 @@ def test_registry_rejects_entry_point_reusing_builtin_name(
 def test_unknown_agent_raises_agent_error() -> None:
     registry = load_registry({})
     assert "nope" not in registry
-    with pytest.raises(AgentError, match=r"^unknown agent 'nope'$"):
+    with pytest.raises(AgentError, match=r"^unknown agent 'nope'; the agents are: echo, scripted"):
         registry.get("nope")
-    with pytest.raises(AgentError, match=r"^unknown agent 'nope'$"):
+    with pytest.raises(AgentError, match=r"^unknown agent 'nope'; the agents are: echo, scripted"):
         registry.validate_input("nope", {})
 
 

@@ -18,7 +18,7 @@ from runstream.api.errors import ApiError
 from runstream.api.hygiene import MAX_DEPTH, check_json_value
 from runstream.api.runs import decode_cursor, encode_cursor
 from runstream.api.signing import sign, unsign
-from runstream.api.stream import MAX_CURSOR, _cursor
+from runstream.api.stream import MAX_CURSOR, parse_start
 from runstream.config import load_settings
 from runstream.models import Run, RunStatus
 
@@ -68,18 +68,18 @@ def test_unsign_of_anything_is_a_value_error_or_a_value(text: str) -> None:
         unsign(KEY, text)
 
 
-@given(header=st.text(max_size=40), after=st.none() | st.integers(0, MAX_CURSOR))
-def test_last_event_id_is_a_cursor_in_range_or_a_422(header: str, after: int | None) -> None:
+@given(header=st.text(max_size=40), after=st.none() | st.integers(0, MAX_CURSOR).map(str))
+def test_last_event_id_is_a_cursor_in_range_or_a_422(header: str, after: str | None) -> None:
     try:
-        value = _cursor(header, after)
+        start = parse_start(header, after, None)
     except ApiError as exc:
         assert exc.status == 422
         return
-    assert 0 <= value <= MAX_CURSOR
+    assert 0 <= start.seq <= MAX_CURSOR and not start.now
     if header.strip():
-        assert value == int(header.strip())
+        assert start.seq == int(header.strip())
     else:
-        assert value == (after or 0)
+        assert start.seq == int(after or 0)
 
 
 json_values = st.recursive(

@@ -30,6 +30,7 @@ async def test_create_run_returns_201_run_object_and_location(client: httpx.Asyn
         "id",
         "agent",
         "status",
+        "input",
         "thread_id",
         "metadata",
         "created_at",
@@ -40,6 +41,7 @@ async def test_create_run_returns_201_run_object_and_location(client: httpx.Asyn
     }
     assert uuid.UUID(run["id"]) and run["agent"] == "echo" and run["status"] == "queued"
     assert run["thread_id"] == "t1" and run["metadata"] == {"k": 1}
+    assert run["input"] == {"text": "hi", "interval_ms": 0}  # as the agent's model reads it
     assert run["created_at"].endswith("Z") and run["last_seq"] == 0
     assert response.headers["location"] == f"/runs/{run['id']}"
 

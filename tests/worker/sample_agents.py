@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from runstream.agents import agent
 from runstream.agents.context import RunContext
 
 
@@ -38,3 +41,23 @@ async def forges_gap(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[An
 async def leaks_a_secret(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
     yield {"type": "token", "text": "connecting"}
     raise ConnectionError("could not reach postgresql://app:hunter2@db.internal/app")
+
+
+class ShoutInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=1000)
+
+
+@agent(input=ShoutInput, description="Yields the text in capitals, word by word.")
+async def shout(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    for word in ShoutInput.model_validate(input).text.split():
+        yield {"type": "token", "text": word.upper()}
+
+
+async def documented(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    """Says hello.
+
+    More words that are not the description.
+    """
+    yield {"type": "token", "text": "hello"}

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from runstream.agents.context import Agent, RunContext
-from runstream.agents.registry import ENTRY_POINT_GROUP, AgentRegistry, load_registry
+from runstream.agents.declare import agent
+from runstream.agents.registry import ENTRY_POINT_GROUP, AgentInfo, AgentRegistry, load_registry
 
-__all__ = ["ENTRY_POINT_GROUP", "Agent", "AgentRegistry", "RunContext", "load_registry"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Agent",
+    "AgentInfo",
+    "AgentRegistry",
+    "RunContext",
+    "agent",
+    "load_registry",
+]

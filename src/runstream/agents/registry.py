@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, cast
 
 from runstream.agents.builtin import BUILTINS, parse_input
+from runstream.agents.declare import declared_input, description_of
 from runstream.errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
@@ -31,6 +34,15 @@ ENTRY_POINT_GROUP = "runstream.agents"
 class _Registered:
     agent: Agent
     input_model: type[BaseModel] | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """What ``GET /agents`` shows of one agent."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
 
 
 class AgentRegistry:
@@ -56,6 +68,21 @@ class AgentRegistry:
         """The registered names, sorted."""
         return sorted(self._agents)
 
+    def describe(self) -> list[AgentInfo]:
+        """Every agent, sorted by name, with its description and input JSON schema."""
+        return [
+            AgentInfo(
+                name=name,
+                description=description_of(entry.agent),
+                input_schema=(
+                    entry.input_model.model_json_schema()
+                    if entry.input_model is not None
+                    else {"type": "object"}
+                ),
+            )
+            for name, entry in sorted(self._agents.items())
+        ]
+
     def __contains__(self, name: object) -> bool:
         return name in self._agents
 
@@ -78,7 +105,8 @@ class AgentRegistry:
         try:
             return self._agents[name]
         except KeyError:
-            raise AgentError(f"unknown agent {name!r}") from None
+            known = ", ".join(self.names())
+            raise AgentError(f"unknown agent {name!r}; the agents are: {known}") from None
 
 
 def load_registry(spec: Mapping[str, str]) -> AgentRegistry:
@@ -93,10 +121,12 @@ def load_registry(spec: Mapping[str, str]) -> AgentRegistry:
         registry.register(name, agent, model)
     for name, point in _entry_points(skip=spec.keys()).items():
         where = f"{ENTRY_POINT_GROUP} entry point {name!r} = {point.value!r}"
-        registry.register(name, _resolve(where, name, point.value.partition("[")[0]))
+        found = _resolve(where, name, point.value.partition("[")[0])
+        registry.register(name, found, declared_input(found))
     for name, target in spec.items():
         where = f"RUNSTREAM_AGENTS: agent {name!r} = {target!r}"
-        registry.register(name, _resolve(where, name, target))
+        found = _resolve(where, name, target)
+        registry.register(name, found, declared_input(found))
     return registry
 
 
@@ -126,7 +156,7 @@ def _resolve(where: str, name: str, target: str) -> Agent:
     if not sep or not module_name or not attr_path:
         raise ConfigError(f"{where}: expected 'module:attribute', e.g. 'mypkg.agents:my_agent'")
     try:
-        obj: object = importlib.import_module(module_name)
+        obj: object = _import(module_name)
     except Exception as exc:
         raise ConfigError(
             f"{where}: cannot import module {module_name!r} ({_one_line(exc)})"
@@ -144,6 +174,20 @@ def _resolve(where: str, name: str, target: str) -> Agent:
             "define it with 'async def' and 'yield'"
         )
     return cast("Agent", obj)
+
+
+def _import(module_name: str) -> object:
+    """Import ``module_name`` from the Python path or, failing that, from the current
+    directory (as ``python -m`` and uvicorn do), so ``my_agents.py`` next to where
+    ``runstream`` starts is found without setting PYTHONPATH."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.partition(".")[0] or here in sys.path:
+            raise
+        sys.path.insert(0, here)
+        return importlib.import_module(module_name)
 
 
 def _one_line(exc: Exception) -> str:

@@ -10,7 +10,7 @@ import structlog
 from fastapi import FastAPI
 
 from runstream import __version__
-from runstream.api import health, metrics, runs, stream
+from runstream.api import agents, events, health, metrics, runs, stream
 from runstream.api.deps import ApiState
 from runstream.api.errors import InternalErrors, install_error_handlers
 from runstream.api.hosts import LoopbackHostsOnly
@@ -52,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.open_streams = streams  # the server ends them all when it starts shutting down
     install_error_handlers(app)
     app.include_router(runs.router)
+    app.include_router(agents.router)
     app.include_router(stream.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # Added first, so innermost: the framework's own text/plain 500 is never reached.

@@ -96,8 +96,9 @@ async def list_runs(
         before=decode_cursor(settings, cursor) if cursor else None,
     )
     page, more = runs[:limit], len(runs) > limit
+    live = await state.runs.live_last_seqs(page)
     return {
-        "runs": [run.to_public() for run in page],
+        "runs": [run.to_public(live.get(run.id), with_input=False) for run in page],
         "next": encode_cursor(settings, page[-1]) if more else None,
     }
 
@@ -106,7 +107,7 @@ async def list_runs(
 async def stop_run(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """Stop the run: at once when still queued, else through its worker (202)."""
     run = await state.runs.stop(run_id, principal)
-    return run.to_public()
+    return run.to_public(await state.runs.live_last_seq(run))
 
 
 @router.post("/{run_id}/ticket")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
@@ -30,6 +31,8 @@ router = APIRouter(tags=["stream"])
 
 MAX_CURSOR = 2**63 - 1
 """The largest ``seq`` a cursor may name (a Redis stream id's first part is 64-bit)."""
+AFTER_PATTERN = r"^(now|[0-9]{1,19})$"
+MAX_TAIL = 10_000
 RETRY_MS = 1000
 """The reconnection delay every stream starts with (``retry:``), for EventSource."""
 OUTAGE_RETRY_MS = 3000
@@ -46,14 +49,24 @@ async def stream_run(
     run_id: RunId,
     state: State,
     principal: StreamPrincipal,
-    after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
+    after: Annotated[
+        str | None,
+        Query(pattern=AFTER_PATTERN, description="a seq, or `now`: only what comes next"),
+    ] = None,
+    tail: Annotated[
+        int | None, Query(ge=1, le=MAX_TAIL, description="start with the last N")
+    ] = None,
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
 ) -> Response:
-    """Replay the run's events after the cursor, then follow it live until it ends."""
+    """Replay the run's events after the cursor, then follow it live until it ends.
+
+    The cursor is ``Last-Event-ID`` (a reconnecting EventSource sends it), else
+    ``?after=SEQ``, ``?after=now`` or ``?tail=N``, else the start."""
     res = state.resources
-    cursor = _cursor(last_event_id, after)
+    start = parse_start(last_event_id, after, tail)
     try:
         await state.runs.check_readable(run_id, principal)  # RunNotFound: 404
+        cursor = await resolve_start(res, run_id, start)
         if cursor and await _already_ended(res, run_id, cursor):
             return Response(status_code=204)  # EventSource stops reconnecting on a 204
         # A pub/sub reconnect in progress is waited for (as long as a subscription may
@@ -73,22 +86,58 @@ async def stream_run(
         streams=state.streams,
         send_timeout_s=max(2 * heartbeat, 5.0),
         max_s=res.settings.stream_max_s or None,
-        headers={"Cache-Control": "no-store"},
+        # no-transform: a proxy must not compress (and so buffer) the stream.
+        headers={"Cache-Control": "no-cache, no-transform"},
         on_close=lambda: res.quotas.release_stream(principal, lease),
     )
 
 
-def _cursor(last_event_id: str | None, after: int | None) -> int:
-    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``;
-    an empty one means no cursor, as an EventSource that saw no id yet sends it."""
-    if last_event_id is None or not last_event_id.strip():
-        return after or 0
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a reader starts: after ``seq``, or relative to the log's end."""
+
+    seq: int = 0
+    now: bool = False
+    tail: int | None = None
+
+
+def parse_start(last_event_id: str | None, after: str | None, tail: int | None) -> Start:
+    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=`` and
+    ``?tail=``; an empty one means no cursor, as an EventSource that saw no id sends it."""
+    if last_event_id is not None and last_event_id.strip():
+        return Start(seq=_cursor(last_event_id))
+    if after == "now":
+        return Start(now=True)
+    if after is not None:
+        return Start(seq=_bounded(int(after), "after"))
+    return Start(tail=tail) if tail is not None else Start()
+
+
+def _cursor(last_event_id: str) -> int:
     text = last_event_id.strip()
-    if not text.isdigit() or int(text) > MAX_CURSOR:
+    if not text.isdigit():
         raise ApiError(
             422, "invalid_request", f"Last-Event-ID must be an integer from 0 to {MAX_CURSOR}"
         )
-    return int(text)
+    return _bounded(int(text), "Last-Event-ID")
+
+
+def _bounded(seq: int, what: str) -> int:
+    if seq > MAX_CURSOR:
+        raise ApiError(422, "invalid_request", f"{what} must be an integer from 0 to {MAX_CURSOR}")
+    return seq
+
+
+async def resolve_start(res: Resources, run_id: str, start: Start) -> int:
+    """The ``seq`` to read after: ``start.seq``, or the log's end for ``now`` and ``tail``
+    (one more Redis round trip; the record's ``last_seq`` once the log is gone)."""
+    if not start.now and start.tail is None:
+        return start.seq
+    last = await res.log.last_seq(run_id)
+    if last is None:
+        run = await res.reads.record(run_id)
+        last = run.last_seq if run is not None else 0
+    return last if start.now else max(0, last - (start.tail or 0))
 
 
 async def _already_ended(res: Resources, run_id: str, cursor: int) -> bool:

@@ -51,6 +51,7 @@ class Run:
     id: str
     agent: str
     status: str
+    input: dict[str, Any] | None  # None in lists, which leave inputs out
     thread_id: str | None
     metadata: dict[str, Any]
     created_at: datetime
@@ -70,6 +71,7 @@ class Run:
             id=str(data["id"]),
             agent=str(data["agent"]),
             status=str(data["status"]),
+            input=data.get("input"),
             thread_id=data.get("thread_id"),
             metadata=dict(data.get("metadata") or {}),
             created_at=_moment(data["created_at"]),

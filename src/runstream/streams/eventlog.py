@@ -154,6 +154,17 @@ class EventLog:
             )
         return [_entry_to_event(entry_id, _fields(flat)) for entry_id, flat in entries]
 
+    async def last_seqs(self, run_ids: Sequence[str]) -> list[int | None]:
+        """:meth:`last_seq` of several runs in one pipelined round trip."""
+        if not run_ids:
+            return []
+        with self._errors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    pipe.xrevrange(keys.run_events(run_id), count=1)
+                tails: list[list[tuple[bytes, object]]] = await pipe.execute()
+        return [_seq_of(tail[0][0]) if tail else None for tail in tails]
+
     async def last_seq(self, run_id: str) -> int | None:
         """The highest ``seq`` in the log, or None when the log does not exist."""
         with self._errors:
