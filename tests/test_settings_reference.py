@@ -12,7 +12,15 @@ from runstream.config import Settings
 REFERENCE = Path(__file__).parents[1] / "docs" / "settings.md"
 CLI_ONLY = {"RUNSTREAM_API_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_LOG_JSON", "RUNSTREAM_LOG_LEVEL"}
 # Settings whose default is computed, or none: the reference says so in words.
-UNSET = {"api_keys", "agents", "jwt_secret", "jwt_audience", "jwt_issuer", "http_max_connections"}
+UNSET = {
+    "api_keys",
+    "agents",
+    "cors_origins",
+    "jwt_secret",
+    "jwt_audience",
+    "jwt_issuer",
+    "http_max_connections",
+}
 
 
 def documented() -> dict[str, str]:

@@ -64,12 +64,28 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     expose_agent_errors: bool = False
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     @field_validator("api_keys", "agents", mode="before")
     @classmethod
     def _parse_pairs(cls, value: object) -> object:
         if isinstance(value, str):
             return parse_pairs(value)
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return value
 
     @field_validator("api_keys")

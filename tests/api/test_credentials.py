@@ -166,3 +166,40 @@ async def test_without_auth_only_loopback_host_names_are_served(
         assert_error(response, 400, "invalid_host")
     for host in ("localhost", "127.0.0.1:8000", "[::1]:8000", "app.localhost"):
         assert (await client.get("/runs", headers={"Host": host})).status_code == 200
+
+
+async def test_cors_lets_the_configured_origins_call_and_stream(
+    redis_url: str, sqlite_url: str
+) -> None:
+    settings = make_settings(
+        redis_url, sqlite_url, instance="api-cors", cors_origins="https://app.example.com"
+    )
+    async with running_api(settings) as api, api.client() as client:
+        preflight = await client.options(
+            "/runs",
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, idempotency-key, content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert {"authorization", "last-event-id", "idempotency-key", "content-type"} <= {
+            h.strip() for h in allowed.split(",")
+        }
+        created = await client.post(
+            "/runs",
+            json={"agent": "echo", "input": {"text": "x"}},
+            headers={"Origin": "https://app.example.com"},
+        )
+        assert created.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "location" in created.headers["access-control-expose-headers"].lower()
+        other = await client.get("/runs", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_bad_cors_origin_stops_the_process_at_start() -> None:
+    with pytest.raises(ConfigError, match="RUNSTREAM_CORS_ORIGINS"):
+        load_settings(cors_origins="app.example.com")

@@ -68,6 +68,22 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
         "/runs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert_error(response, 422)
+    assert response.json()["error"]["message"].startswith("body: not valid JSON (")
+
+
+async def test_a_body_without_a_json_content_type_says_so(client: httpx.AsyncClient) -> None:
+    body = b'{"agent": "echo", "input": {"text": "x"}}'
+    response = await client.post("/runs", content=body, headers={"content-type": "text/plain"})
+    assert_error(response, 422, "invalid_request")
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
+async def test_a_body_nested_too_deeply_for_the_parser_is_422(client: httpx.AsyncClient) -> None:
+    body = b'{"agent": "echo", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = await client.post(
+        "/runs", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "invalid_request")
 
 
 async def test_body_over_the_limit_is_413_declared_or_streamed(client: httpx.AsyncClient) -> None:

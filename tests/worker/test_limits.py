@@ -104,7 +104,7 @@ async def test_expose_agent_errors_shows_the_full_text(exposing: Api) -> None:
     "agent_input",
     [
         {"count": 1_000_000, "payload_bytes": 1_000_000, "interval_ms": 3_600_000},
-        {"count": 100, "payload_bytes": 1_000_000},
+        {"count": 50, "payload_bytes": 1_000_000},
         {"count": 100_000, "interval_ms": 60_000},
         {"count": 1, "payload_bytes": 2_000_000},
     ],

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from runstream.agents.context import Agent, RunContext
 
 # Bounded so that one request cannot ask for more than a run's default budget
-# (RUNSTREAM_MAX_RUN_EVENTS, _BYTES, _S): a demo agent must not be a way to fill Redis.
+# (RUNSTREAM_MAX_RUN_EVENTS, _BYTES, _S), and its payloads for a quarter of it: a demo
+# agent must not be a way to fill Redis.
 MAX_TEXT_CHARS: Final = 100_000
 MAX_COUNT: Final = 100_000
 MAX_PAYLOAD_BYTES: Final = 1_000_000
-MAX_TOTAL_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
+MAX_TOTAL_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 MAX_INTERVAL_MS: Final = 60_000
 MAX_TOTAL_MS: Final = 3_600_000
 

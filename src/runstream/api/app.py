@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from runstream import __version__
 from runstream.api import agents, events, health, metrics, runs, stream
@@ -60,6 +61,15 @@ def create_app(settings: Settings) -> FastAPI:
     # Added first, so innermost: the framework's own text/plain 500 is never reached.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Last-Event-ID", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Location"],
+            max_age=600,
+        )
     if not settings.auth_enabled:
         app.add_middleware(LoopbackHostsOnly)
     return app

@@ -7,6 +7,7 @@ client never sees another shape.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -78,8 +79,14 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
+# FastAPI's words for a body its JSON parser gave up on (nested too deeply for it).
+_UNPARSED_BODY = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+        return error_response(422, "invalid_request", "body: not JSON this API can read")
     code = _CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
@@ -87,10 +94,23 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    message = f"{where}: {first['msg']}" if where else str(first["msg"])
-    return error_response(422, "invalid_request", message)
+    return error_response(422, "invalid_request", describe_invalid(exc.errors()))
+
+
+def describe_invalid(errors: Sequence[Any]) -> str:
+    """One line for the first of FastAPI's validation errors, in the client's terms."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        problem = (first.get("ctx") or {}).get("error", "not JSON")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"body: not valid JSON ({problem}{at})"
+    if loc == ("body",) and first.get("type") in {"model_attributes_type", "dict_type"}:
+        return "body: send a JSON object, with Content-Type: application/json"
+    where = ".".join(str(part) for part in loc if part != "body")
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 async def _backend_error(_: Request, exc: Exception) -> JSONResponse:
