@@ -101,10 +101,11 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings) -> AsyncIterator[Api]:
-    port = free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+async def running_server(app: Any) -> AsyncIterator[uvicorn.Server]:
+    """A real uvicorn serving ``app`` on a free loopback port, in this loop."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(server.serve())
@@ -114,7 +115,23 @@ async def running_api(settings: Settings) -> AsyncIterator[Api]:
                     task.result()
                     raise RuntimeError("uvicorn exited before it started")
                 await asyncio.sleep(0.01)
-            yield Api(settings, f"http://127.0.0.1:{port}", server)
+            yield server
+        finally:
+            server.should_exit = True
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve any ASGI ``app`` for the block; yields its base URL."""
+    async with running_server(app) as server:
+        yield f"http://127.0.0.1:{server.config.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    async with running_server(app) as server:
+        try:
+            yield Api(settings, f"http://127.0.0.1:{server.config.port}", server)
         finally:
             close_streams(app)  # as runstream's own server does when it starts shutting down
-            server.should_exit = True

@@ -33,6 +33,16 @@ def close_streams(app: FastAPI) -> None:
     streams.close_all()
 
 
+@asynccontextmanager
+async def runstream_lifespan(app: FastAPI) -> AsyncIterator[ApiState]:
+    """Start ``app`` (made by :func:`create_app`) for the block, from the lifespan of an
+    application that mounts it: a mounted app's own lifespan never runs (see
+    docs/embedding.md). Yields the running API's state."""
+    async with app.router.lifespan_context(app):
+        state: ApiState = app.state.api  # set by create_app's lifespan
+        yield state
+
+
 def create_app(settings: Settings) -> FastAPI:
     """An API app for ``settings``; its lifespan opens and closes every connection."""
 
@@ -44,9 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_resources(settings, role="api") as resources:
             with RESOURCES.watching(resources):
                 state = ApiState(resources=resources, runs=RunService(resources), streams=streams)
-                app.state.api = state  # for operators' tools and tests
+                # On the app too: a mounted app's requests do not see its lifespan state.
+                app.state.api = state
                 log.info("api started", instance=settings.instance)
-                yield {"api": state}
+                try:
+                    yield {"api": state}
+                finally:
+                    app.state.api = None
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)

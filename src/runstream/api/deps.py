@@ -25,7 +25,16 @@ class ApiState:
 
 
 def get_state(request: Request) -> ApiState:
-    state: ApiState = request.state.api
+    """The API's state: from the lifespan's state, or from the app itself when it is
+    mounted in another application (whose lifespan entered ``runstream_lifespan``)."""
+    state = getattr(request.state, "api", None) or getattr(request.app.state, "api", None)
+    if not isinstance(state, ApiState):
+        raise ApiError(
+            503,
+            "not_started",
+            "runstream is not started: enter runstream_lifespan(app) in the lifespan of "
+            "the application that mounts it (docs/embedding.md)",
+        )
     return state
 
 

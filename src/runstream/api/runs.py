@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from runstream.api.auth import issue_ticket
@@ -37,6 +37,7 @@ async def create_run(
     body: RunRequest,
     state: State,
     principal: Principal,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> dict[str, Any]:
@@ -64,7 +65,8 @@ async def create_run(
             "idempotency_mismatch",
             "this Idempotency-Key was used for a run with another body; use a new key",
         ) from None
-    response.headers["Location"] = f"/runs/{run.id}"
+    # root_path: the prefix of an application that mounts this one.
+    response.headers["Location"] = f"{request.scope.get('root_path', '')}/runs/{run.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
     return run.to_public()
