@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from runstream.agents.registry import load_registry
 from runstream.api.app import create_app
 from runstream.cli.embedded_redis import embedded_redis
 from runstream.cli.loop import run as run_loop
@@ -54,6 +55,7 @@ def run_dev(host: str, port: int, console: Console) -> None:
     redis-server is stopped on every path, after the API and the worker.
     """
     base = load_settings()  # a bad environment fails here, before anything starts
+    load_registry(base.agents)  # and so does an agent that cannot be imported
     check_bind(host, base)
     with dev_redis() as redis:
         # One Settings per component: each carries its own instance id, so CLIENT LIST

@@ -19,6 +19,7 @@ import typer
 
 from runstream.cli.loop import run as run_loop
 from runstream.cli.options import ApiUrlOption, TokenOption
+from runstream.cli.runs import agents, runs_app
 from runstream.cli.soak import soak
 from runstream.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError
 from runstream.client.http import DEFAULT_API_URL
@@ -28,6 +29,8 @@ from runstream.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from runstream.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +65,22 @@ _logging: list[tuple[bool, str]] = []
 """The log format and level the command line chose (JSON, level)."""
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from runstream import __version__
+
+        typer.echo(f"runstream {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _configure(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     log_level: Annotated[
         str,
         typer.Option(
@@ -125,6 +142,7 @@ def api(
     with reported_errors():
         settings = load_settings()
         check_bind(host, settings)
+        check_agents(settings)
         if workers == 1:
             run_loop(serve_api(settings, host, port))
         else:
@@ -145,6 +163,7 @@ def worker() -> None:
 
     with reported_errors():
         settings = load_settings()
+        check_agents(settings)
         run_loop(serve_worker(settings))
 
 
@@ -188,6 +207,16 @@ def run(
 
 
 app.command()(soak)  # declared in runstream.cli.soak, with its options
+app.command()(agents)  # declared in runstream.cli.runs, with the runs commands
+app.add_typer(runs_app, name="runs")
+
+
+def check_agents(settings: Settings) -> None:
+    """Load the configured agents now, so one that cannot be imported stops the command
+    with one line (ConfigError) before any server starts and logs a traceback."""
+    from runstream.agents.registry import load_registry
+
+    load_registry(settings.agents)
 
 
 def parse_input(text: str) -> dict[str, Any]:

@@ -19,15 +19,22 @@ subclasses by status, or :class:`~runstream.client.http.ApiUnreachable`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from runstream.client.events import StreamEvent, parse_event
 from runstream.client.http import (
@@ -38,6 +45,9 @@ from runstream.client.http import (
     api_error,
     transport_errors,
 )
+
+RetryHook = Callable[[str, int, float], None]
+"""Told of each reconnection :meth:`Client.follow` waits for: reason, attempt, delay."""
 
 RECONNECTS: Final = 8
 """Reconnections in a row without a new event before :meth:`Client.follow` gives up."""
@@ -144,7 +154,7 @@ class Client:
 
     async def list(
         self, *, status: str | None = None, thread_id: str | None = None
-    ) -> AsyncIterator[Run]:
+    ) -> AsyncGenerator[Run, None]:
         """Every run of the caller, newest first, page after page."""
         params: dict[str, Any] = {"limit": PAGE_SIZE}
         if status is not None:
@@ -163,18 +173,27 @@ class Client:
         """Stop the run; Conflict when it has already ended."""
         return Run.from_json(await self._call("POST", f"/runs/{run_id}/stop"))
 
+    async def agents(self) -> builtins.list[dict[str, Any]]:
+        """Every agent the API runs: ``name``, ``description``, ``input_schema``."""
+        listed: builtins.list[dict[str, Any]] = (await self._call("GET", "/agents"))["agents"]
+        return listed
+
     async def ticket(self, run_id: str) -> str:
         """A short-lived ticket for the run's stream (``?ticket=``), e.g. for a browser."""
         return str((await self._call("POST", f"/runs/{run_id}/ticket"))["ticket"])
 
     # -- following --------------------------------------------------------------------
 
-    async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[StreamEvent]:
+    async def follow(
+        self, run_id: str, after: int = 0, *, on_retry: RetryHook | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
         """The run's events with ``seq > after``, each once and in order, until its
-        terminal event; resumes by itself after a dropped connection, a 5xx or a 429."""
+        terminal event; resumes by itself after a dropped connection, a 5xx or a 429.
+
+        ``on_retry(reason, attempt, delay_s)`` is told of each reconnection it waits for."""
         cursor = after
         while True:
-            opened = await self._reopen(run_id, cursor)
+            opened = await self._reopen(run_id, cursor, on_retry)
             if opened is None:
                 return  # 204: the cursor is at or past the run's terminal event
             stack, messages, first = opened
@@ -187,16 +206,25 @@ class Client:
                         if event.is_terminal:
                             return
                     event = await _next_event(messages)
+            if on_retry is not None:  # the connection ended before the run: resume now
+                on_retry(f"the connection ended after seq {cursor}", 1, 0.0)
 
     async def _reopen(
-        self, run_id: str, cursor: int
+        self, run_id: str, cursor: int, on_retry: RetryHook | None
     ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[Any], StreamEvent] | None:
         """A connection that delivered its first new event, retried (with backoff) while
         connections fail or end without one; None when the run is over (204)."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            if on_retry is not None and state.outcome is not None and state.next_action:
+                reason = str(state.outcome.exception())
+                on_retry(reason, state.attempt_number, state.next_action.sleep)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Dropped),
             wait=wait_exponential(multiplier=0.1, max=5.0),
             stop=stop_after_attempt(self._reconnects),
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
