@@ -61,3 +61,11 @@ async def documented(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[An
     More words that are not the description.
     """
     yield {"type": "token", "text": "hello"}
+
+
+async def mixed_types(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    """Yields event types a page cannot know in advance, and text that looks like HTML."""
+    yield {"type": "thought", "text": "thinking"}
+    yield {"type": "token", "text": "<img src=x onerror=alert(1)>"}
+    yield {"type": "tool_call", "name": "search"}
+    yield {"type": "token", "text": "done"}

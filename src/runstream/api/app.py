@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from runstream import __version__
-from runstream.api import agents, events, health, metrics, runs, stream
+from runstream.api import agents, events, health, metrics, runs, stream, ui
 from runstream.api.deps import ApiState
 from runstream.api.errors import InternalErrors, install_error_handlers
 from runstream.api.hosts import LoopbackHostsOnly
@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
     # Added first, so innermost: the framework's own text/plain 500 is never reached.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
