@@ -125,3 +125,28 @@ async def test_fuzzed_requests_never_get_a_5xx_nor_hang(
     problems, sent = await asyncio.to_thread(fuzz, schema, api.url, run_ids)
     assert problems == []
     assert sent >= 8 * EXAMPLES  # every operation was exercised, valid and invalid
+
+
+async def test_the_openapi_document_tells_the_truth(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    text = str(document)
+    assert "HTTPValidationError" not in text and "'detail'" not in text
+    schemes = document["components"]["securitySchemes"]
+    assert set(schemes) == {"bearer", "token", "ticket"}
+    paths = document["paths"]
+    create = paths["/runs"]["post"]
+    assert create["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RunOut"
+    }
+    for status in ("401", "413", "422", "429", "503"):
+        schema = create["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}, status
+    assert set(paths["/runs/{run_id}/stop"]["post"]["responses"]) >= {"202", "401", "404", "409"}
+    stream = paths["/runs/{run_id}/stream"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert "204" in stream["responses"] and "429" in stream["responses"]
+    assert {"ticket": []} in stream["security"]
+    assert paths["/healthz"]["get"]["security"] == []
+    assert paths["/runs/{run_id}"]["get"]["security"] == [{"bearer": []}]
+    run_fields = document["components"]["schemas"]["RunOut"]["properties"]
+    assert {"id", "status", "last_seq", "input", "created_at"} <= set(run_fields)

@@ -17,6 +17,7 @@ from runstream.api.errors import InternalErrors, install_error_handlers
 from runstream.api.hosts import LoopbackHostsOnly
 from runstream.api.limits import BodyLimit
 from runstream.api.metrics import RESOURCES
+from runstream.api.schemas import finish_document
 from runstream.api.sse import OpenStreams
 from runstream.config import Settings
 from runstream.logs import redact_access_log
@@ -63,7 +64,19 @@ def create_app(settings: Settings) -> FastAPI:
                     app.state.api = None
         log.info("api stopped", instance=settings.instance)
 
-    app = FastAPI(title="runstream", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="runstream",
+        version=__version__,
+        lifespan=lifespan,
+        description="Agent runs in background workers, streamed live (docs/protocol.md).",
+    )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_document(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.open_streams = streams  # the server ends them all when it starts shutting down
     install_error_handlers(app)
     app.include_router(runs.router)

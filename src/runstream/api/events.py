@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Query
 
 from runstream.api.deps import ApiState, Principal, RunId, State
+from runstream.api.schemas import EventsPage, errors, ok
 from runstream.api.stream import AFTER_PATTERN, parse_start, resolve_start
 from runstream.streams.follow import follow_batches
 from runstream.streams.frames import Frame
@@ -21,7 +22,11 @@ MAX_WAIT_S: Final = 30.0
 MAX_LIMIT: Final = 500
 
 
-@router.get("/runs/{run_id}/events")
+@router.get(
+    "/runs/{run_id}/events",
+    response_model=None,
+    responses=ok(EventsPage) | errors(401, 404, 422, 429, 503),
+)
 async def read_events(
     run_id: RunId,
     state: State,

@@ -13,6 +13,7 @@ from runstream.api.auth import issue_ticket
 from runstream.api.deps import Principal, RunId, State
 from runstream.api.errors import ApiError
 from runstream.api.hygiene import check_json_value, check_metadata, check_text
+from runstream.api.schemas import RunOut, RunPage, TicketOut, errors, ok
 from runstream.api.signing import sign, signing_key, unsign
 from runstream.config import Settings
 from runstream.errors import AgentError, IdempotencyMismatch
@@ -32,7 +33,16 @@ class RunRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=None,
+    responses={
+        201: {"model": RunOut, "description": "queued"},
+        200: {"model": RunOut, "description": "the run this Idempotency-Key already made"},
+        **errors(401, 413, 422, 429, 503),
+    },
+)
 async def create_run(
     body: RunRequest,
     state: State,
@@ -72,14 +82,14 @@ async def create_run(
     return run.to_public()
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", response_model=None, responses=ok(RunOut) | errors(401, 404, 503))
 async def get_run(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """The run, with ``last_seq`` read live from its log while it is going on."""
     run = await state.runs.get(run_id, principal)
     return run.to_public(await state.runs.live_last_seq(run))
 
 
-@router.get("")
+@router.get("", response_model=None, responses=ok(RunPage) | errors(401, 422, 503))
 async def list_runs(
     state: State,
     principal: Principal,
@@ -105,14 +115,21 @@ async def list_runs(
     }
 
 
-@router.post("/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{run_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=None,
+    responses=ok(RunOut, 202) | errors(401, 404, 409, 503),
+)
 async def stop_run(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """Stop the run: at once when still queued, else through its worker (202)."""
     run = await state.runs.stop(run_id, principal)
     return run.to_public(await state.runs.live_last_seq(run))
 
 
-@router.post("/{run_id}/ticket")
+@router.post(
+    "/{run_id}/ticket", response_model=None, responses=ok(TicketOut) | errors(401, 404, 503)
+)
 async def create_ticket(run_id: RunId, state: State, principal: Principal) -> dict[str, Any]:
     """A short-lived ticket for this run's stream only (``?ticket=``), so a browser never
     puts a long-lived key in a URL. A resume after it expired needs a new one."""

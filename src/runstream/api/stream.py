@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from runstream.api.deps import ApiState, RunId, State, StreamPrincipal
 from runstream.api.errors import ApiError
+from runstream.api.schemas import errors
 from runstream.api.sse import EventStreamResponse
 from runstream.errors import BackendUnavailable
 from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
@@ -43,7 +44,14 @@ OUTAGE_RETRY_MS = 3000
     "/runs/{run_id}/stream",
     status_code=200,  # said here: the response class takes no status of its own
     response_class=EventStreamResponse,
-    responses={204: {"description": "resumed at or after the run's terminal event"}},
+    responses={
+        200: {
+            "description": "the run's events as Server-Sent Events (docs/protocol.md)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        204: {"description": "resumed at or after the run's terminal event"},
+        **errors(401, 404, 422, 429),
+    },
 )
 async def stream_run(
     run_id: RunId,
