@@ -27,7 +27,7 @@ MIN_JWT_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
-    """The whole configuration of a runstream process (DESIGN.md section 6)."""
+    """The whole configuration of a runstream process (docs/settings.md)."""
 
     model_config = SettingsConfigDict(env_prefix="RUNSTREAM_", extra="ignore", frozen=True)
 
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     queue_name: str = "runs"
     subscriber_queue_size: int = Field(default=256, ge=1)
     pubsub_ping_s: float = Field(default=5.0, gt=0)
-    # Limits (DESIGN.md section 6): per run, per principal, per request, per process.
+    # Limits (docs/settings.md): per run, per principal, per request, per process.
     max_run_events: int = Field(default=100_000, ge=1)
     max_run_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_run_s: float = Field(default=3600.0, gt=0)

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md section 8): what a process holds, read when scraped.
+"""Prometheus metrics (docs/deployment.md, "Watching it"): what a process holds, read when scraped.
 
 Counters live in one registry per process (``REGISTRY``). Gauges of connections and
 subscriptions are not kept up to date by hand: ``api.metrics`` reads the pools and the

@@ -41,7 +41,7 @@ from runstream.streams.keys import client_name, queue_prefix
 log = structlog.get_logger(__name__)
 
 TASK_NAME: Final = "runstream.execute_run"
-QUEUE_CONNECTIONS: Final = 4  # DESIGN.md section 6: the queue library holds at most 4
+QUEUE_CONNECTIONS: Final = 4  # the budget: the queue library holds at most 4
 # What each role actually uses, so the count at rest is also the count under load (a
 # coredis pool never closes a connection it opened): a worker keeps one blocked in
 # XREADGROUP, one for its timers and one for acknowledgements and lease renewals; a

@@ -1,7 +1,8 @@
 """A run's life, written once: create, read, stop, start, write its events, finish, orphan.
 
 The API and the worker both call :class:`RunService`; neither writes a run's record, its
-events or its archive any other way. The steps, in the order DESIGN.md requires:
+events or its archive any other way. The steps, in the order the delivery rules require
+(docs/protocol.md):
 
 - **create**: the record (queued), then the enqueue; when the enqueue fails the record
   is deleted, so no run stays queued that no worker will ever see.

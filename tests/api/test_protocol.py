@@ -11,6 +11,7 @@ import pytest
 
 from tests.api.checks import assert_error
 from tests.api.streaming import read_stream, start
+from tests.system import make_settings, running_api
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -120,3 +121,18 @@ async def test_last_seq_is_live_in_lists_and_in_the_stop_answer(client: httpx.As
     assert (await client.get(f"/runs/{run_id}")).json()["input"]["count"] == 3
     stopped = (await client.post(f"/runs/{run_id}/stop")).json()
     assert stopped["last_seq"] >= 4
+
+
+async def test_stream_max_s_ends_long_streams_with_their_cursor(
+    redis_url: str, sqlite_url: str, client: httpx.AsyncClient
+) -> None:
+    settings = make_settings(redis_url, sqlite_url, instance="api-rotate", stream_max_s=0.5)
+    run_id = await start(client, "scripted", count=1, hang=True)
+    async with running_api(settings) as rotating, rotating.client() as short:
+        async with short.stream("GET", f"/runs/{run_id}/stream") as response:
+            body = await response.aread()  # ends by itself, the run still going
+        ids = [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
+        assert ids == [1, 2] and b'"status":"running"' in body
+        await client.post(f"/runs/{run_id}/stop")
+        resumed = await read_stream(short, run_id, last_event_id=ids[-1])
+        assert [e["data"]["status"] for e in resumed] == ["stopped"]

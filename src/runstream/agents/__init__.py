@@ -1,4 +1,4 @@
-"""Agents: async generator functions that yield events, registered by name (DESIGN.md 5)."""
+"""Agents: async generator functions that yield events, registered by name (docs/agents.md)."""
 
 from __future__ import annotations
 

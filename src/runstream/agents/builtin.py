@@ -1,4 +1,4 @@
-"""The built-in agents, ``echo`` and ``scripted`` (DESIGN.md section 5), and their inputs.
+"""The built-in agents, ``echo`` and ``scripted`` (docs/agents.md), and their inputs.
 
 Each built-in has a strict pydantic input model so the API can reject a bad input with
 422 before a run is queued; the agents validate again because the worker may receive

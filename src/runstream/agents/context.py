@@ -1,7 +1,7 @@
 """What an agent receives besides its input: the run's identity and its stop signal.
 
 An agent is an async generator function ``agent(ctx, input)`` that yields JSON-object
-events (DESIGN.md section 5). The worker builds one :class:`RunContext` per run and
+events (docs/agents.md). The worker builds one :class:`RunContext` per run and
 calls :meth:`RunContext.request_stop` when the run is asked to stop; a cooperative agent
 notices through :attr:`RunContext.stop_requested` or :meth:`RunContext.wait_stopped`.
 """

@@ -1,4 +1,4 @@
-"""The ``runstream`` command: dev, api, worker and run (DESIGN.md section 7).
+"""The ``runstream`` command: dev, api, worker and run (README.md).
 
 Each command reports failure as one line, ``runstream: <what and how to fix it>``, on
 stderr, with exit code 2 for bad configuration or arguments (nothing was started) and 1

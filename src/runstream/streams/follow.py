@@ -1,6 +1,6 @@
 """Following a run: replay its log after a cursor, then go live, with no gap and no duplicate.
 
-The order is the one DESIGN.md's delivery rules require: listen first (the subscription
+The order is the one the delivery rules require (docs/protocol.md): listen first (the subscription
 is confirmed before anything is read), then read the log after the cursor, then merge
 live notifications by ``seq``, dropping what was already delivered and reading the log
 whenever a ``seq`` is skipped, a subscriber overflowed, or the connection was rebuilt.

@@ -1,6 +1,6 @@
 """The only module that knows Redis key and channel names.
 
-Every key runstream writes has a TTL (DESIGN.md I7); the TTL is set by whoever writes it.
+Every key runstream writes has a TTL (bounded everything); the TTL is set by whoever writes it.
 Per-run keys share the hash tag ``{<run id>}`` so a future Redis Cluster keeps a run's
 keys in one slot (the append script touches several of them at once).
 """

@@ -1,14 +1,14 @@
 """The only module that touches Redis pub/sub: one shared connection per process.
 
 :class:`PubSubHub` multiplexes every local subscriber over a single named pub/sub
-connection (DESIGN.md I2). Channels are reference-counted: the first local subscriber
-of a channel subscribes it on the server, the last one unsubscribes it. Each subscriber
-gets a bounded :class:`Subscription`; a subscriber that falls behind is not allowed to
-grow memory or to slow the others: its queue is emptied and it receives :data:`RESYNC`,
-which tells it to catch up from the event log (I6, I7). After a reconnect each
-subscriber gets :data:`RESYNC` too, once its channel is confirmed again (not before: a
-catch-up read done before listening again would miss what is published in between),
-because messages published while disconnected are lost.
+connection (the connection budget, README.md). Channels are reference-counted: the first
+local subscriber of a channel subscribes it on the server, the last one unsubscribes it.
+Each subscriber gets a bounded :class:`Subscription`; a subscriber that falls behind is
+not allowed to grow memory or to slow the others: its queue is emptied and it receives
+:data:`RESYNC`, which tells it to catch up from the event log (I6, I7). After a
+reconnect each subscriber gets :data:`RESYNC` too, once its channel is confirmed again
+(not before: a catch-up read done before listening again would miss what is published in
+between), because messages published while disconnected are lost.
 
 One task, the reader, owns the connection: it reads, answers the watchdog, and on any
 error tears the PubSub down (``aclose()``, shielded) and builds a fresh one that

@@ -1,6 +1,6 @@
 """A worker process: the queue's consumer, the executor and the sweeper, as helper tasks.
 
-Shutdown (DESIGN.md section 6): when ``shutdown`` is set the worker stops taking runs,
+Shutdown (docs/settings.md): when ``shutdown`` is set the worker stops taking runs,
 lets running ones go on for up to ``SHUTDOWN_GRACE_S``, then stops them (``stopped``,
 "worker shut down"; the agent is cancelled after ``STOP_GRACE_S`` if it ignores that),
 and returns with every connection released.
