@@ -15,6 +15,7 @@ CLI_ONLY = {"RUNSTREAM_API_URL", "RUNSTREAM_TOKEN", "RUNSTREAM_LOG_JSON", "RUNST
 UNSET = {
     "api_keys",
     "agents",
+    "metrics_port",
     "cors_origins",
     "jwt_secret",
     "jwt_audience",

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     expose_agent_errors: bool = False
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("api_keys", "agents", mode="before")
     @classmethod

@@ -16,11 +16,11 @@ from runstream.api.deps import ApiState
 from runstream.api.errors import InternalErrors, install_error_handlers
 from runstream.api.hosts import LoopbackHostsOnly
 from runstream.api.limits import BodyLimit
-from runstream.api.metrics import RESOURCES
 from runstream.api.schemas import finish_document
 from runstream.api.sse import OpenStreams
 from runstream.config import Settings
 from runstream.logs import redact_access_log
+from runstream.observability import PROCESS
 from runstream.resources import open_resources
 from runstream.service import RunService
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_resources(settings, role="api") as resources:
-            with RESOURCES.watching(resources):
+            with PROCESS.watching(resources):
                 state = ApiState(resources=resources, runs=RunService(resources), streams=streams)
                 # On the app too: a mounted app's requests do not see its lifespan state.
                 app.state.api = state

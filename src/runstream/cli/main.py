@@ -153,7 +153,20 @@ def api(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve /metrics and /healthz on this port (or RUNSTREAM_METRICS_PORT).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics port binds.")
+    ] = "127.0.0.1",
+) -> None:
     """Execute runs until SIGTERM or Ctrl-C, then wind down gracefully.
 
     Running runs get RUNSTREAM_SHUTDOWN_GRACE_S to finish; then they are stopped
@@ -162,9 +175,10 @@ def worker() -> None:
     from runstream.cli.worker import serve_worker
 
     with reported_errors():
-        settings = load_settings()
+        overrides = {} if metrics_port is None else {"metrics_port": metrics_port}
+        settings = load_settings(**overrides)
         check_agents(settings)
-        run_loop(serve_worker(settings))
+        run_loop(serve_worker(settings, metrics_host=metrics_host))
 
 
 @app.command()

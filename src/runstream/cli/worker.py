@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-async def serve_worker(settings: Settings) -> None:
+async def serve_worker(settings: Settings, *, metrics_host: str = "127.0.0.1") -> None:
     """Run a worker until a stop signal, then let it wind down within its grace periods.
 
     The wind-down is bounded (``SHUTDOWN_GRACE_S``, then ``STOP_GRACE_S`` for agents
@@ -27,7 +27,7 @@ async def serve_worker(settings: Settings) -> None:
         graceful=lambda _: shutdown.set(), force=lambda _: still_winding_down(settings)
     )
     with handle_signals(interrupts):
-        await run_worker(settings, shutdown)
+        await run_worker(settings, shutdown, metrics_host=metrics_host)
 
 
 def still_winding_down(settings: Settings) -> None:

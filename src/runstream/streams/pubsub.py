@@ -222,6 +222,13 @@ class PubSubHub:
             return False
         return not self._pong_overdue(time.monotonic())
 
+    def ping_age_s(self) -> float:
+        """Seconds since the watchdog last heard the server (-1 before the first answer);
+        much more than ``ping_interval`` means the watchdog is overdue."""
+        if self._last_pong is None:
+            return -1.0
+        return time.monotonic() - self._last_pong
+
     @property
     def confirm_timeout(self) -> float:
         """How long a subscription may take to be confirmed before it fails."""

@@ -9,6 +9,7 @@ and returns with every connection released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,10 +21,12 @@ from runstream.config import Settings
 from runstream.errors import RunstreamError
 from runstream.metrics import SWEEPS
 from runstream.models import RunStatus, utcnow
+from runstream.observability import PROCESS
 from runstream.resources import Resources, open_resources
 from runstream.service import SHUTDOWN_ERROR
 from runstream.worker.batching import open_appender
 from runstream.worker.executor import Executor
+from runstream.worker.observe import serving_observation
 
 log = structlog.get_logger(__name__)
 
@@ -32,41 +35,58 @@ async def run_worker(
     settings: Settings,
     shutdown: asyncio.Event,
     ready: Callable[[Resources, Executor], None] | None = None,
+    *,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Execute runs until ``shutdown`` is set, then wind down within the grace periods.
 
     ``ready`` is called once the worker's resources are open (operators' tools and tests).
+    With ``RUNSTREAM_METRICS_PORT`` it serves ``/metrics`` and ``/healthz`` meanwhile.
     """
-    async with (
-        open_resources(settings, role="worker") as resources,
-        open_appender(resources) as appender,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        resources = await stack.enter_async_context(open_resources(settings, role="worker"))
+        appender = await stack.enter_async_context(open_appender(resources))
         executor = Executor(resources, appender)
-        if ready is not None:
-            ready(resources, executor)
-        queue = resources.queue
-        log.info("worker started", instance=settings.instance)
-        sweeper = Sweeper(resources, executor)
-        async with (
-            helper_task(sweeper.run(), name="runstream-sweeper"),
-            helper_task(queue.consume(executor.execute), name="runstream-consumer") as consuming,
-        ):
-            try:
-                async with helper_task(shutdown.wait(), name="runstream-shutdown") as waiter:
-                    await asyncio.wait([consuming, waiter], return_when=asyncio.FIRST_COMPLETED)
-                queue.stop()
-                log.info("worker shutting down", running=executor.active_runs)
-                done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
-                if not done:
-                    executor.stop_all(SHUTDOWN_ERROR)
-                await asyncio.wait([consuming])
-            except asyncio.CancelledError:
-                # Cancelled from outside: streaq shields running runs, so stop them now
-                # or the cancellation would wait for them to end by themselves.
-                queue.stop()
+        stack.enter_context(PROCESS.watching(resources, active_runs=lambda: executor.active_runs))
+        if settings.metrics_port is not None:
+            serving = serving_observation(resources, metrics_host, settings.metrics_port)
+            await stack.enter_async_context(serving)
+        await _work(settings, shutdown, resources, executor, ready)
+
+
+async def _work(
+    settings: Settings,
+    shutdown: asyncio.Event,
+    resources: Resources,
+    executor: Executor,
+    ready: Callable[[Resources, Executor], None] | None,
+) -> None:
+    """Consume the queue and sweep until ``shutdown``; then wind down (the module doc)."""
+    if ready is not None:
+        ready(resources, executor)
+    queue = resources.queue
+    log.info("worker started", instance=settings.instance)
+    sweeper = Sweeper(resources, executor)
+    async with (
+        helper_task(sweeper.run(), name="runstream-sweeper"),
+        helper_task(queue.consume(executor.execute), name="runstream-consumer") as consuming,
+    ):
+        try:
+            async with helper_task(shutdown.wait(), name="runstream-shutdown") as waiter:
+                await asyncio.wait([consuming, waiter], return_when=asyncio.FIRST_COMPLETED)
+            queue.stop()
+            log.info("worker shutting down", running=executor.active_runs)
+            done, _ = await asyncio.wait([consuming], timeout=settings.shutdown_grace_s)
+            if not done:
                 executor.stop_all(SHUTDOWN_ERROR)
-                raise
-        log.info("worker stopped", instance=settings.instance)
+            await asyncio.wait([consuming])
+        except asyncio.CancelledError:
+            # Cancelled from outside: streaq shields running runs, so stop them now
+            # or the cancellation would wait for them to end by themselves.
+            queue.stop()
+            executor.stop_all(SHUTDOWN_ERROR)
+            raise
+    log.info("worker stopped", instance=settings.instance)
 
 
 class Sweeper:
