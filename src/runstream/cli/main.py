@@ -220,6 +220,53 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="One snapshot, then exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with --once).")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between refreshes.")
+    ] = 2.0,
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics",
+            help="A process's base URL whose /metrics gives its streams and events/s "
+            "(an API, or a worker's metrics port); repeat for several.",
+        ),
+    ] = None,
+) -> None:
+    """Every runstream process seen in Redis's CLIENT LIST, live: connections by
+    purpose against the budget, runs active and running, streams and events/s."""
+    from rich.live import Live
+
+    from runstream.cli.output import consoles
+    from runstream.cli.top import render, watch
+
+    with reported_errors():
+        settings = load_settings()
+        out, _ = consoles()
+        urls = list(metrics or [])
+        if once:
+            snapshot = asyncio.run(watch(settings, urls, once=True, interval_s=0, show=_ignore))
+            if as_json:
+                typer.echo(orjson.dumps(snapshot.to_json()).decode())
+            else:
+                out.print(render(snapshot))
+            return
+        with Live(console=out, auto_refresh=False) as live:
+
+            def show(snapshot: Any) -> None:
+                live.update(render(snapshot), refresh=True)
+
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(watch(settings, urls, once=False, interval_s=interval, show=show))
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
 app.command()(soak)  # declared in runstream.cli.soak, with its options
 app.command()(agents)  # declared in runstream.cli.runs, with the runs commands
 app.add_typer(runs_app, name="runs")

@@ -55,6 +55,23 @@ def client_name(role: str, instance: str, purpose: str) -> str:
     return f"{PREFIX}:{role}:{instance}:{purpose}"
 
 
+def parse_client_name(name: str) -> tuple[str, str, str] | None:
+    """``(role, instance, purpose)`` of a name made by :func:`client_name`, else None."""
+    prefix, sep, rest = name.partition(":")
+    if prefix != PREFIX or not sep:
+        return None
+    parts = rest.split(":")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+RUN_LOCKS = f"{PREFIX}:run:{{*}}:lock"
+"""The pattern of every run lock (a lock is held while its run executes)."""
+PRINCIPAL_RUNS = f"{PREFIX}:principal:{{*}}:runs"
+"""The pattern of every principal's active-run leases (queued plus running)."""
+
+
 def queue_prefix(queue_name: str) -> str:
     """Name of the task queue inside Redis (the queue library derives its keys from it)."""
     return f"{PREFIX}:queue:{queue_name}"
