@@ -38,13 +38,22 @@ _GAUGES: Final = {
     "runstream_pubsub_ping_age_seconds": "Seconds since the pub/sub watchdog's last answer.",
     "runstream_stream_leases": "Per-principal stream leases this process holds.",
     "runstream_active_runs": "Runs this worker is executing now.",
+    "runstream_oldest_run_age_seconds": "How long this worker's longest-running run has run.",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RunGauges:
+    """What a worker reports of its runs at scrape time."""
+
+    active: Callable[[], int]
+    oldest_age_s: Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
 class _Watched:
     resources: Resources
-    active_runs: Callable[[], int] | None
+    runs: RunGauges | None
 
 
 class ProcessCollector(Collector):
@@ -54,11 +63,9 @@ class ProcessCollector(Collector):
         self._open: list[_Watched] = []
 
     @contextlib.contextmanager
-    def watching(
-        self, resources: Resources, *, active_runs: Callable[[], int] | None = None
-    ) -> Iterator[None]:
+    def watching(self, resources: Resources, *, runs: RunGauges | None = None) -> Iterator[None]:
         """Report ``resources`` (and, for a worker, its running runs) for the block."""
-        watched = _Watched(resources, active_runs)
+        watched = _Watched(resources, runs)
         self._open.append(watched)
         try:
             yield
@@ -86,8 +93,9 @@ class ProcessCollector(Collector):
                 "runstream_pubsub_ping_age_seconds": res.hub.ping_age_s(),
                 "runstream_stream_leases": res.quotas.open_streams,
             }
-            if watched.active_runs is not None:
-                values["runstream_active_runs"] = watched.active_runs()
+            if watched.runs is not None:
+                values["runstream_active_runs"] = watched.runs.active()
+                values["runstream_oldest_run_age_seconds"] = watched.runs.oldest_age_s()
             for name, value in values.items():
                 families[name].add_metric(labels, value)
         yield from families.values()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class ActiveRun:
     ctx: RunContext
     stop_reason: str | None = None
     stopping: bool = field(default=False)
+    started: float = field(default_factory=time.monotonic)
 
     def request_stop(self, reason: str | None) -> None:
         if not self.stopping:
@@ -67,6 +69,12 @@ class Executor:
     @property
     def active_runs(self) -> int:
         return len(self._active)
+
+    def oldest_run_age_s(self) -> float:
+        """Seconds the longest-running run of this worker has been going (0: none)."""
+        if not self._active:
+            return 0.0
+        return time.monotonic() - min(active.started for active in self._active.values())
 
     def stop_all(self, reason: str) -> None:
         """Ask every running agent to stop (they are cancelled after the stop grace)."""

@@ -21,7 +21,7 @@ from runstream.config import Settings
 from runstream.errors import RunstreamError
 from runstream.metrics import SWEEPS
 from runstream.models import RunStatus, utcnow
-from runstream.observability import PROCESS
+from runstream.observability import PROCESS, RunGauges
 from runstream.resources import Resources, open_resources
 from runstream.service import SHUTDOWN_ERROR
 from runstream.worker.batching import open_appender
@@ -47,7 +47,8 @@ async def run_worker(
         resources = await stack.enter_async_context(open_resources(settings, role="worker"))
         appender = await stack.enter_async_context(open_appender(resources))
         executor = Executor(resources, appender)
-        stack.enter_context(PROCESS.watching(resources, active_runs=lambda: executor.active_runs))
+        gauges = RunGauges(lambda: executor.active_runs, executor.oldest_run_age_s)
+        stack.enter_context(PROCESS.watching(resources, runs=gauges))
         if settings.metrics_port is not None:
             serving = serving_observation(resources, metrics_host, settings.metrics_port)
             await stack.enter_async_context(serving)
