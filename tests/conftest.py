@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 pytest_plugins = ("tests.fixtures",)
@@ -20,6 +21,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local Redis Cluster (three masters, three replicas) for the session."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""First steps on a real Redis Cluster (three masters, three replicas): a run's keys
+share one slot, so its scripts (the fenced append, the byte-bounded read, the leases)
+run on the node that owns it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import RedisCluster as AsyncRedisCluster
+from redis.cluster import key_slot
+
+from runstream.models import build_event
+from runstream.streams import keys
+from runstream.streams.connection import RedisErrors
+from runstream.streams.eventlog import REFUSED, EventLog, Fence
+from tests.redis_cluster import RedisCluster
+
+ERRORS = RedisErrors(role="test", instance="cluster")
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[AsyncRedisCluster]:
+    client = AsyncRedisCluster.from_url(redis_cluster.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def test_the_cluster_has_three_masters_each_with_a_replica(redis_cluster: RedisCluster) -> None:
+    assert len(redis_cluster.masters()) == 3 and len(redis_cluster.nodes) == 6
+
+
+def test_a_runs_keys_and_channels_share_one_slot() -> None:
+    run_id = "3f0c8c8e-5d4a-4c1b-9e61-0c3f7f0b6a51"
+    names = [
+        keys.run_events(run_id),
+        keys.run_notify(run_id),
+        keys.run_control(run_id),
+        keys.run_stop(run_id),
+        keys.run_lock(run_id),
+    ]
+    assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+async def test_the_fenced_append_and_the_read_run_on_the_cluster(
+    cluster_client: AsyncRedisCluster,
+) -> None:
+    log = EventLog(cluster_client, ttl_s=60, errors=ERRORS)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    events = [build_event({"type": "t"}, n, now, 10_000) for n in (1, 2, 3)]
+    fence = Fence("wk1:token", 5000)
+    assert await log.append("cluster-run", events, fence) == 3
+    assert [e.seq for e in await log.read("cluster-run", 0)] == [1, 2, 3]
+    await cluster_client.set(keys.run_lock("cluster-run"), "wk2:other", px=5000)
+    more = [build_event({"type": "t"}, 4, now, 10_000)]
+    assert await log.append("cluster-run", more, fence) == REFUSED
+    assert await log.last_seq("cluster-run") == 3
