@@ -38,7 +38,7 @@ def parent_app(settings: Settings) -> tuple[FastAPI, list[str]]:
     async def hello() -> dict[str, str]:
         return {"hello": "world"}
 
-    parent.mount("/agents", runstream_app)
+    parent.mount("/runstream", runstream_app)
     return parent, events
 
 
@@ -49,17 +49,17 @@ async def test_runstream_mounted_under_a_prefix_serves_runs_and_streams(
     async with serving(parent) as url, httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/hello")).json() == {"hello": "world"}
         created = await client.post(
-            "/agents/runs", json={"agent": "echo", "input": {"text": "a b"}}
+            "/runstream/runs", json={"agent": "echo", "input": {"text": "a b"}}
         )
         assert created.status_code == 201
         run_id = created.json()["id"]
-        assert created.headers["location"] == f"/agents/runs/{run_id}"
-        async with httpx.AsyncClient(base_url=f"{url}/agents") as agents:
+        assert created.headers["location"] == f"/runstream/runs/{run_id}"
+        async with httpx.AsyncClient(base_url=f"{url}/runstream") as agents:
             streamed = await read_stream(agents, run_id)
         assert [e["event"] for e in streamed] == ["status", "token", "token", "status"]
-        assert (await client.get(f"/agents/runs/{run_id}")).json()["status"] == "completed"
-        assert (await client.get("/agents/healthz")).status_code == 200
-        assert_error(await client.get("/agents/runs/nope"), 404, "not_found")
+        assert (await client.get(f"/runstream/runs/{run_id}")).json()["status"] == "completed"
+        assert (await client.get("/runstream/healthz")).status_code == 200
+        assert_error(await client.get("/runstream/runs/nope"), 404, "not_found")
     assert events == ["parent started", "parent stopping"]
 
 
@@ -67,8 +67,8 @@ async def test_a_mounted_app_that_was_not_started_says_how_to_start_it(
     redis_url: str, sqlite_url: str
 ) -> None:
     parent = FastAPI()
-    parent.mount("/agents", create_app(make_settings(redis_url, sqlite_url)))
+    parent.mount("/runstream", create_app(make_settings(redis_url, sqlite_url)))
     async with serving(parent) as url, httpx.AsyncClient(base_url=url) as client:
-        response = await client.get("/agents/runs")
+        response = await client.get("/runstream/runs")
     assert_error(response, 503, "not_started")
     assert "runstream_lifespan" in response.json()["error"]["message"]

@@ -96,6 +96,7 @@ async def test_agents_are_listed_with_their_input_schema(client: httpx.AsyncClie
     assert listed["documented"]["description"] == "Says hello."
     assert listed["documented"]["input_schema"] == {"type": "object"}
     assert "count" in listed["scripted"]["input_schema"]["properties"]
+    assert "`" not in listed["scripted"]["description"]  # plain text, not the docstring's reST
     bad = await client.post("/runs", json={"agent": "shout", "input": {"txt": 5}})
     assert_error(bad, 422, "invalid_input")
     unknown = await client.post("/runs", json={"agent": "nope", "input": {}})

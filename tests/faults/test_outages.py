@@ -80,6 +80,7 @@ async def test_a_longer_outage_answers_200_with_a_retry_hint(system: FaultSystem
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.content.startswith(b"retry: ") and b"id: " not in response.content
+        assert response.headers["cache-control"] == "no-cache, no-transform"
     finally:
         system.server.start()
     # The server came back empty: the run is replayed from the archive.

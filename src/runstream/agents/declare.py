@@ -25,6 +25,7 @@ its description is the first paragraph of its docstring.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -33,6 +34,7 @@ from pydantic import BaseModel
 F = TypeVar("F", bound=Callable[..., object])
 
 INPUT_ATTR = "__runstream_input__"
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 DESCRIPTION_ATTR = "__runstream_description__"
 
 
@@ -61,4 +63,6 @@ def description_of(function: object) -> str:
     if isinstance(declared, str) and declared.strip():
         return declared.strip()
     doc = inspect.getdoc(function) or ""
-    return " ".join(doc.split("\n\n", 1)[0].split())
+    first = " ".join(doc.split("\n\n", 1)[0].split())
+    # Docstrings are written for Sphinx; clients get plain text.
+    return _ROLE.sub(r"\1", first).replace("``", "")

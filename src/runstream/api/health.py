@@ -11,7 +11,10 @@ from runstream.observability import health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={503: {"description": "Redis, live delivery or the database is down"}},
+)
 async def healthz(state: State, authenticated: Authenticated) -> JSONResponse:
     """200 when Redis commands, live delivery (pub/sub) and the database all work, else 503.
 

@@ -128,8 +128,9 @@ def finish_document(document: dict[str, Any]) -> dict[str, Any]:
                 operation["security"] = [{"bearer": []}, {"token": []}, {"ticket": []}]
             else:
                 operation["security"] = [{"bearer": []}]
-            invalid = operation.get("responses", {}).get("422")
-            if invalid is not None:
-                invalid["content"] = {"application/json": {"schema": error_ref}}
-                invalid.setdefault("description", _WHY[422])
+            for status, response in operation.get("responses", {}).items():
+                # Errors are JSON whatever the route's own media type (the stream's).
+                if status == "422" or (status[0] in "45" and status != "204"):
+                    response["content"] = {"application/json": {"schema": error_ref}}
+                    response.setdefault("description", _WHY.get(int(status), "error"))
     return document

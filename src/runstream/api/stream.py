@@ -33,6 +33,8 @@ router = APIRouter(tags=["stream"])
 MAX_CURSOR = 2**63 - 1
 """The largest ``seq`` a cursor may name (a Redis stream id's first part is 64-bit)."""
 AFTER_PATTERN = r"^(now|[0-9]{1,19})$"
+# no-transform: a proxy must not compress (and so buffer) the stream.
+STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform"}
 MAX_TAIL = 10_000
 RETRY_MS = 1000
 """The reconnection delay every stream starts with (``retry:``), for EventSource."""
@@ -94,8 +96,7 @@ async def stream_run(
         streams=state.streams,
         send_timeout_s=max(2 * heartbeat, 5.0),
         max_s=res.settings.stream_max_s or None,
-        # no-transform: a proxy must not compress (and so buffer) the stream.
-        headers={"Cache-Control": "no-cache, no-transform"},
+        headers=STREAM_HEADERS,
         on_close=lambda: res.quotas.release_stream(principal, lease),
     )
 
@@ -161,7 +162,9 @@ def _come_back_later(state: ApiState) -> EventStreamResponse:
     async def hint() -> AsyncIterator[bytes | None]:
         yield b"retry: %d\n: unavailable, reconnect later\n\n" % OUTAGE_RETRY_MS
 
-    return EventStreamResponse(hint(), streams=state.streams, send_timeout_s=5.0)
+    return EventStreamResponse(
+        hint(), streams=state.streams, send_timeout_s=5.0, headers=STREAM_HEADERS
+    )
 
 
 async def _events(res: Resources, run_id: str, after: int) -> AsyncIterator[bytes | None]:

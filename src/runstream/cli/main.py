@@ -96,7 +96,7 @@ def _configure(
         try:
             configure_logging(json=json_logs, level=log_level)
         except ValueError as exc:
-            raise ConfigError(f"--log-level: {exc}") from None
+            raise ConfigError(f"RUNSTREAM_LOG_LEVEL (--log-level): {exc}") from None
         _logging[:] = [(json_logs, log_level)]  # what child processes configure too
 
 

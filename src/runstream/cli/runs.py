@@ -26,7 +26,8 @@ RunIdArgument = Annotated[str, typer.Argument(help="The run's id.")]
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
+    # Times as the API writes them: ISO 8601 with a Z.
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
 
 
 def _run_json(run: Run) -> str:
