@@ -9,9 +9,9 @@ UTC timestamps, the level, the logger name and whatever is bound in the context
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote_plus
 
 import structlog
 
@@ -29,12 +29,22 @@ QUIET_LOGGERS: Final = ("streaq", "coredis", "httpx", "httpcore")
 _HANDLER_NAME: Final = "runstream"
 
 
-_SECRET_QUERY: Final = re.compile(r"([?&](?:token|ticket)=)[^&#\s]*", re.IGNORECASE)
+_SECRET_PARAMETERS: Final = frozenset({"token", "ticket"})
 
 
 def redact_query(target: str) -> str:
-    """``target`` (a path with its query) with ``token=`` and ``ticket=`` values hidden."""
-    return _SECRET_QUERY.sub(r"\1***", target)
+    """``target`` (a path with its query) with ``token=`` and ``ticket=`` values hidden,
+    however their names are spelled (``%74oken`` is ``token`` to the server too)."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        if eq and unquote_plus(name).strip().lower() in _SECRET_PARAMETERS:
+            part = f"{name}=***"
+        parts.append(part)
+    return f"{path}?{'&'.join(parts)}"
 
 
 class RedactCredentials(logging.Filter):

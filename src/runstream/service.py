@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+import orjson
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -83,6 +84,17 @@ async def retrying(call: Callable[[], Awaitable[T]], *, within_s: float) -> T:
         return await call()
 
     return await retry(attempt)
+
+
+def _same_body(run: Run, body: tuple[Any, ...], key: str | None) -> Run:
+    """``run`` when it was made from ``body``; IdempotencyMismatch otherwise. Compared as
+    JSON, so ``1``, ``1.0`` and ``true`` are three different bodies."""
+    made = (run.agent, run.input, run.thread_id, run.metadata)
+    if orjson.dumps(made, option=orjson.OPT_SORT_KEYS) != orjson.dumps(
+        body, option=orjson.OPT_SORT_KEYS
+    ):
+        raise IdempotencyMismatch(key)
+    return run
 
 
 def lock_lost(run_id: str) -> LockLost:
@@ -190,6 +202,12 @@ class RunService:
         cannot be recorded or queued (nothing is left queued then).
         """
         agent_input = self._res.agents.validate_input(agent, input)
+        body = (agent, agent_input, thread_id, metadata)
+        if idempotency_key is not None:
+            # A retry gets its run back even when the principal is at its limit now.
+            found = await self._res.store.run_for_idempotency_key(principal, idempotency_key)
+            if found is not None:
+                return _same_body(found, body, idempotency_key), False
         run_id = str(uuid.uuid4())
         quotas = self._res.quotas
         # Counted before it exists, so concurrent creates cannot overshoot the limit.
@@ -207,14 +225,7 @@ class RunService:
             )
             if not created:
                 await quotas.release_run(principal, run_id)  # the existing run is the answer
-                if (run.agent, run.input, run.thread_id, run.metadata) != (
-                    agent,
-                    agent_input,
-                    thread_id,
-                    metadata,
-                ):
-                    raise IdempotencyMismatch(idempotency_key)
-                return run, False
+                return _same_body(run, body, idempotency_key), False
             try:
                 await self._res.queue.enqueue(run.id)
             except BackendUnavailable:

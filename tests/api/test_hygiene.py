@@ -56,6 +56,25 @@ async def test_bad_metadata_and_input_are_422_and_store_nothing(
     assert await runs_of(client) == before
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        rb'{"agent": "echo", "input": {"text": "hi", "\ud800": 1}}',
+        rb'{"agent": "echo", "input": {"text": "hi"}, "metadata": {"k": "\udfff"}}',
+    ],
+)
+async def test_lone_surrogates_are_422_and_store_nothing(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    before = await runs_of(client)
+    response = await client.post(
+        "/runs", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 422, "invalid_request")
+    assert "valid Unicode" in response.json()["error"]["message"]
+    assert await runs_of(client) == before
+
+
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
 async def test_nan_and_infinity_are_422(client: httpx.AsyncClient, number: bytes) -> None:
     body = b'{"agent": "echo", "input": {"text": "hi"}, "metadata": {"x": %s}}' % number
@@ -115,7 +134,7 @@ async def test_cursors_above_2_63_are_422_and_an_empty_last_event_id_is_no_curso
     path = f"/runs/{run_id}/stream"
     assert_error(await client.get(path, params={"after": 2**64}), 422)
     assert_error(await client.get(path, params={"after": -1}), 422)
-    for header in (str(2**63), "-1", "abc", "1.5"):
+    for header in (str(2**63), "-1", "abc", "1.5", "\u00b2".encode("latin-1")):
         assert_error(await client.get(path, headers={"Last-Event-ID": header}), 422)
     full = await read_stream(client, run_id)
     async with client.stream("GET", path, headers={"Last-Event-ID": ""}) as response:
@@ -146,6 +165,13 @@ async def test_the_same_idempotency_key_with_another_body_is_422(
     other = {"agent": "echo", "input": {"text": "two"}}
     assert_error(
         await client.post("/runs", json=other, headers=headers), 422, "idempotency_mismatch"
+    )
+    headers2 = {"Idempotency-Key": "key-2"}
+    one = {"agent": "echo", "input": {"text": "x"}, "metadata": {"flag": 1}}
+    assert (await client.post("/runs", json=one, headers=headers2)).status_code == 201
+    true = {**one, "metadata": {"flag": True}}
+    assert_error(
+        await client.post("/runs", json=true, headers=headers2), 422, "idempotency_mismatch"
     )
     with_metadata = {**body, "metadata": {"k": 1}}
     assert_error(

@@ -83,6 +83,18 @@ async def test_active_runs_are_limited_per_principal_across_api_processes(
         await bob.post(f"/runs/{run['id']}/stop")
 
 
+async def test_an_idempotent_retry_gets_its_run_back_at_the_limit(api: Api) -> None:
+    async with api.client(ALICE) as alice:
+        body = {"agent": "scripted", "input": {"count": 0, "hang": True}}
+        first = await alice.post("/runs", json=body, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 201
+        assert (await hang(alice)).status_code == 201  # now at the limit of 2
+        again = await alice.post("/runs", json=body, headers={"Idempotency-Key": "k1"})
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        for run in (await alice.get("/runs")).json()["runs"]:
+            await alice.post(f"/runs/{run['id']}/stop")
+
+
 async def test_a_refused_run_leaves_nothing_queued(api: Api) -> None:
     async with api.client(ALICE) as alice:
         assert (await hang(alice)).status_code == 201

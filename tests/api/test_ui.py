@@ -23,7 +23,14 @@ AGENTS = "mixed_types=tests.worker.sample_agents:mixed_types"
 
 @pytest.fixture
 async def system(redis_url: str, sqlite_url: str) -> AsyncIterator[Api]:
-    overrides = {"api_keys": f"{KEY}=alice", "agents": AGENTS}
+    # Streams rotate every second and tickets last one: a page that follows a run for
+    # longer has to reconnect, with a fresh ticket, and lose nothing.
+    overrides = {
+        "api_keys": f"{KEY}=alice",
+        "agents": AGENTS,
+        "stream_max_s": 1.0,
+        "ticket_ttl_s": 1,
+    }
     async with (
         running_api(make_settings(redis_url, sqlite_url, instance="api-ui", **overrides)) as api,
         running_worker(make_settings(redis_url, sqlite_url, instance="wk-ui", **overrides)),
@@ -121,3 +128,19 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(system: 
         assert page.headers["content-security-policy"].startswith("default-src 'self'")
         assert (await client.get("/ui", follow_redirects=True)).url.path == "/ui/"
         assert (await client.get("/ui/nope.js")).status_code == 404
+
+
+async def test_the_page_follows_a_run_across_rotations_and_expired_tickets(page: object) -> None:
+    words = " ".join(f"w{n}" for n in range(1, 9))
+    await page.select_option("#agent", "echo")  # type: ignore[attr-defined]
+    await page.fill("#input", f'{{"text": "{words}", "interval_ms": 450}}')  # type: ignore[attr-defined]
+    await page.click("#start-button")  # type: ignore[attr-defined]
+    await page.wait_for_function(  # type: ignore[attr-defined]
+        "document.getElementById('run-status').textContent === 'completed'", timeout=30_000
+    )
+    shown = await events_shown(page)
+    assert shown == [
+        "1 status running",
+        *(f"{n + 1} token w{n}" for n in range(1, 9)),
+        "10 status completed",
+    ]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from redis.asyncio import Redis
 
-from runstream.models import PAGE_BYTES, Event, build_event, is_last_page
+from runstream.models import PAGE_BYTES, Event, RunStatus, build_event, is_last_page, status_event
 from runstream.streams import keys
 from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import REFUSED, EventLog, Fence, decode_notification
@@ -118,3 +118,18 @@ async def test_pages_are_bounded_by_bytes_as_well_as_by_count(redis: Redis) -> N
     small = [ev(n) for n in range(11, 111)]
     await log.append(run, small)
     assert [e.seq for e in await log.read(run, 10, 30)] == list(range(11, 41))
+
+
+async def test_nothing_lands_after_the_terminal_event_even_with_the_lock_gone(
+    redis: Redis,
+) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    run = "ended-run"
+    zombie = Fence("wk1:zombie", 5000)
+    terminal = status_event(RunStatus.FAILED, 2, NOW, "worker lost")
+    assert await log.append(run, [ev(1), terminal]) == 2  # ended by the sweeper, unfenced
+    assert await redis.get(keys.run_lock(run)) is None  # its lock released
+    assert await log.append(run, [ev(3)], zombie) == REFUSED
+    assert await redis.get(keys.run_lock(run)) is None  # the zombie did not take it back
+    assert await log.append(run, [terminal]) == 0  # a retried ending is still a no-op
+    assert [e.seq for e in await log.read(run, 0)] == [1, 2]

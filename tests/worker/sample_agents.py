@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -69,3 +70,16 @@ async def mixed_types(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[A
     yield {"type": "token", "text": "<img src=x onerror=alert(1)>"}
     yield {"type": "tool_call", "name": "search"}
     yield {"type": "token", "text": "done"}
+
+
+async def swallows_a_cancel(ctx: RunContext, input: dict[str, Any]) -> AsyncIterator[Any]:
+    """Yields once, then swallows the first cancellation (a careless ``except``)."""
+    yield {"type": "token", "text": "started"}
+    swallowed = False
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed = True

@@ -10,12 +10,12 @@ import httpx
 import pytest
 import structlog
 
-from tests.api.streaming import read_stream, start
+from tests.api.streaming import read_first, read_stream, start
 from tests.system import Api, make_settings, running_api, running_worker
 
 AGENTS = ",".join(
     f"{name}=tests.worker.sample_agents:{name}"
-    for name in ("forges_status", "forges_gap", "leaks_a_secret")
+    for name in ("forges_status", "forges_gap", "leaks_a_secret", "swallows_a_cancel")
 )
 LIMITS = {"agents": AGENTS, "max_run_events": 5, "max_run_bytes": 4096, "max_run_s": 1.0}
 
@@ -114,3 +114,22 @@ async def test_scripted_inputs_are_bounded(
 ) -> None:
     response = await client.post("/runs", json={"agent": "scripted", "input": agent_input})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+
+
+async def test_an_agent_that_swallows_a_cancellation_still_ends_at_its_budget(
+    client: httpx.AsyncClient,
+) -> None:
+    run_id = await start(client, "swallows_a_cancel")
+    events, run = await ending(client, run_id)
+    assert run["status"] == "failed" and run["error"] == "run exceeded RUNSTREAM_MAX_RUN_S (1 s)"
+    assert [e["event"] for e in events] == ["status", "token", "status"]
+
+
+async def test_an_agent_that_swallows_a_cancellation_still_stops(
+    client: httpx.AsyncClient,
+) -> None:
+    run_id = await start(client, "swallows_a_cancel")
+    await read_first(client, run_id, 2)
+    assert (await client.post(f"/runs/{run_id}/stop")).status_code == 202
+    _, run = await ending(client, run_id)
+    assert run["status"] in ("stopped", "failed")  # whichever of stop and budget came first

@@ -66,6 +66,11 @@ def check_text(value: str | None, where: str) -> None:
 def _check_text(text: str, where: str) -> None:
     if "\x00" in text:
         raise _invalid(where, "NUL characters are not accepted")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no UTF-8 can carry it
+            raise _invalid(where, "text must be valid Unicode (no lone surrogates)") from None
 
 
 def _invalid(where: str, problem: str) -> ApiError:

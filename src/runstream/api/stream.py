@@ -1,9 +1,11 @@
 """``GET /runs/{id}/stream``: a run's events as Server-Sent Events.
 
-The subscription is taken inside the response's generator, not in the endpoint, so a
-client that leaves before the first event holds nothing. The generator runs under
-``aclosing``: a disconnect, a send timeout or a server shutdown releases the
-subscription at once (``api/sse.py``).
+The endpoint checks the caller and the cursor and takes the principal's stream lease (its
+one Redis round trip); from then on the response owns the lease and releases it however
+it ends (``on_close``). The subscription is taken inside the response's generator, so a
+client that leaves before the first event holds no subscription. The generator runs
+under ``aclosing``: a disconnect, a send timeout or a server shutdown releases it at
+once (``api/sse.py``).
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def parse_start(last_event_id: str | None, after: str | None, tail: int | None) 
 
 def _cursor(last_event_id: str) -> int:
     text = last_event_id.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ApiError(
             422, "invalid_request", f"Last-Event-ID must be an integer from 0 to {MAX_CURSOR}"
         )

@@ -206,6 +206,10 @@ class RunStore:
                 raise
             return existing, False
 
+    async def run_for_idempotency_key(self, principal: str, key: str) -> Run | None:
+        """The principal's run made with ``key``, if any."""
+        return await self._by_idempotency_key(principal, key)
+
     async def _by_idempotency_key(self, principal: str, key: str) -> Run | None:
         query = select(RunRow).where(RunRow.principal == principal, RunRow.idempotency_key == key)
         async with self._transaction() as session:

@@ -23,6 +23,22 @@ from runstream.streams import keys
 from runstream.streams.connection import RedisErrors
 
 _APPEND = """
+local last, closed = 0, false
+local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #tail > 0 then
+  last = tonumber(string.match(tail[1][1], '^(%d+)'))
+  local fields = tail[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'x' then closed = true end
+  end
+end
+local fresh = false
+for i = 5, #ARGV, 4 do
+  if tonumber(ARGV[i]) > last then fresh = true end
+end
+if not fresh then return 0 end  -- a retried call: everything is there already
+-- Nothing may follow a run's terminal event, whoever holds the lock now.
+if closed then return -1 end
 if ARGV[3] ~= '' then
   -- Fencing: only the holder of the run's lock may write it. A lock Redis lost (a
   -- restart) is taken back, as renewing it would; a lock another worker holds refuses.
@@ -33,14 +49,15 @@ if ARGV[3] ~= '' then
     return -1
   end
 end
-local last = 0
-local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #tail > 0 then last = tonumber(string.match(tail[1][1], '^(%d+)')) end
 local added = 0
-for i = 5, #ARGV, 3 do
+for i = 5, #ARGV, 4 do
   local seq = tonumber(ARGV[i])
   if seq > last then
-    redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2])
+    if ARGV[i + 3] == '1' then
+      redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2], 'x', '1')
+    else
+      redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2])
+    end
     redis.call('PUBLISH', ARGV[1], ARGV[i] .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2])
     last = seq
     added = added + 1
@@ -83,7 +100,8 @@ class Fence:
 
 
 REFUSED: Final = -1
-"""What an append returns, instead of a count, when its fence is no longer current."""
+"""What an append returns, instead of a count, when its fence is no longer current or the
+run's terminal event is already in the log."""
 
 
 AppendBatch = tuple[str, Sequence[Event], Fence | None]
@@ -142,7 +160,8 @@ class EventLog:
         args: list[bytes | str | int] = [keys.run_notify(run_id), self._ttl_s]
         args += [fence.token, fence.ttl_ms] if fence is not None else ["", 0]
         for event in events:
-            args.extend((event.seq, event.type, event.data))
+            # The terminal event is marked ("x"): the script refuses anything after it.
+            args.extend((event.seq, event.type, event.data, "1" if event.is_terminal else "0"))
         return args
 
     async def read(self, run_id: str, after: int, limit: int = 500) -> list[Event]:

@@ -47,6 +47,8 @@ class ActiveRun:
     stop_reason: str | None = None
     stopping: bool = field(default=False)
     started: float = field(default_factory=time.monotonic)
+    over_budget: str | None = None
+    """Set when the watcher had to end a run that outlived RUNSTREAM_MAX_RUN_S."""
 
     def request_stop(self, reason: str | None) -> None:
         if not self.stopping:
@@ -134,6 +136,8 @@ class Executor:
         except asyncio.CancelledError:
             outcome = Outcome(RunStatus.STOPPED, SHUTDOWN_ERROR)
             raise
+        except BackendUnavailable as exc:
+            outcome = backend_failed(exc)
         except RunstreamError as exc:
             outcome = Outcome(RunStatus.FAILED, str(exc))
         finally:
@@ -160,6 +164,8 @@ class Executor:
         ):
             await asyncio.wait([agent_task])
         if agent_task.cancelled():  # it ignored the stop and was cancelled after the grace
+            if active.over_budget is not None:
+                return Outcome(RunStatus.FAILED, active.over_budget)
             return Outcome(RunStatus.STOPPED, active.stop_reason)
         outcome: Outcome = agent_task.result()
         return outcome
@@ -180,8 +186,10 @@ class Executor:
             if not deadline.expired():
                 return self._agent_failed(TimeoutError())  # the agent's own timeout
             return Outcome(RunStatus.FAILED, budget.time_exceeded())
-        except (AgentError, BackendUnavailable, LockLost) as exc:
+        except (AgentError, LockLost) as exc:
             return Outcome(RunStatus.FAILED, str(exc))
+        except BackendUnavailable as exc:
+            return backend_failed(exc)
         except Exception as exc:  # the agent's own failure ends its run, not the worker
             return self._agent_failed(exc)
         if active.stopping:
@@ -204,10 +212,19 @@ class Executor:
         control: Subscription,
         agent_task: asyncio.Task[Outcome],
     ) -> None:
-        """Turn a stop request into the agent's stop signal, then force it after the grace."""
+        """Turn a stop request into the agent's stop signal, then force it after the grace.
+
+        Also the backstop of RUNSTREAM_MAX_RUN_S: an agent that swallowed the budget's
+        cancellation is stopped and cancelled the same way once the budget and a grace
+        have passed."""
         checks = 0
         message: Message | None
+        overdue_at = active.started + self._settings.max_run_s + self._settings.stop_grace_s
         while not active.stopping:
+            if time.monotonic() > overdue_at:
+                active.over_budget = RunBudget(self._settings).time_exceeded()
+                active.request_stop(active.over_budget)
+                break
             try:
                 async with asyncio.timeout(0.5):
                     message = await control.get()
@@ -221,12 +238,13 @@ class Executor:
                         active.request_stop(None)
             elif message is not None:
                 active.request_stop(None)
-        done, _ = await asyncio.wait([agent_task], timeout=self._settings.stop_grace_s)
-        if not done:
-            log.warning(
-                "agent ignored the stop; cancelling it", grace_s=self._settings.stop_grace_s
-            )
+        grace = self._settings.stop_grace_s
+        done, _ = await asyncio.wait([agent_task], timeout=grace)
+        while not done:
+            # Again and again: an agent may swallow one CancelledError, not every one.
+            log.warning("agent ignored the stop; cancelling it", grace_s=grace)
             agent_task.cancel()
+            done, _ = await asyncio.wait([agent_task], timeout=max(grace, 1.0))
 
     # -- ending -----------------------------------------------------------------------
 
@@ -283,6 +301,13 @@ class Executor:
                 continue
             if not kept:  # its next append is refused (LockLost) and the run ends here
                 log.error("run lock taken by another worker")
+
+
+def backend_failed(exc: BackendUnavailable) -> Outcome:
+    """A run that failed because a backend stayed away: clients are told which one, not
+    its address (the message is logged)."""
+    log.error("run failed: a backend stayed unavailable", error=str(exc))
+    return Outcome(RunStatus.FAILED, f"{exc.dependency} stayed unavailable")
 
 
 @contextlib.asynccontextmanager

@@ -99,20 +99,23 @@ function show(type, data) {
   $("events").appendChild(item);
 }
 
+let following = 0; // which follow() is current: an older one's events are dropped
+
 async function follow(runId) {
+  const generation = ++following;
   if (source) source.close();
+  source = null;
   $("run-id").textContent = runId;
   $("run-status").textContent = "connecting";
+  $("run-status").className = "status";
   $("events").replaceChildren();
-  // A ticket, valid for this run's stream only, so no key ever goes into a URL.
-  const { ticket } = await call("POST", `runs/${runId}/ticket`);
-  const url = new URL(`runs/${runId}/stream`, api);
-  url.searchParams.set("ticket", ticket);
-  source = new EventSource(url);
   let last = 0; // the last seq shown
+  let finished = false;
   let queue = Promise.resolve(); // events are handled one after another, in order
+  const current = () => generation === following;
+
   const handle = async (type, data) => {
-    if (data.seq <= last) return; // already shown (a reconnection replays nothing twice)
+    if (!current() || data.seq <= last) return; // another run now, or already shown
     // EventSource dispatches by type and the page cannot listen for types it does not
     // know: whatever came in between is read from the JSON pages of the same log.
     while (data.seq > last + 1) {
@@ -122,34 +125,62 @@ async function follow(runId) {
         if (missed.seq >= data.seq) break;
         await handle(missed.type, missed);
       }
-      if (last === before) break; // nothing more to read: show what came
+      if (!current() || last === before) break; // nothing more to read: show what came
     }
+    if (!current()) return;
     last = data.seq;
     show(type, data);
     if (type === "status") {
       $("run-status").textContent = data.status;
       $("run-status").className = `status status-${data.status}`;
       if (data.status !== "running") {
-        source.close();
+        finished = true;
+        mine.close();
         loadRuns();
       }
     }
   };
-  const onEvent = (message) => {
-    const data = JSON.parse(message.data);
-    queue = queue.then(() => handle(message.type, data)).catch((error) => {
-      $("run-status").textContent = error.message;
-    });
+
+  const open = async () => {
+    // A ticket, valid for this run's stream only, so no key ever goes into a URL. A
+    // fresh one for every connection: EventSource's own reconnects reuse the URL, and
+    // an expired ticket is refused for good (then we come back here with ?after=).
+    const { ticket } = await call("POST", `runs/${runId}/ticket`);
+    if (!current()) return null;
+    const url = new URL(`runs/${runId}/stream`, api);
+    url.searchParams.set("ticket", ticket);
+    if (last) url.searchParams.set("after", String(last));
+    return new EventSource(url);
   };
-  for (const type of ["status", "gap", "token", "tick", "message"]) source.addEventListener(type, onEvent);
-  source.onopen = () => { if ($("run-status").textContent === "connecting") $("run-status").textContent = "live"; };
-  source.onerror = () => {
-    // EventSource reconnects by itself with Last-Event-ID; a ticket that expired
-    // meanwhile is refused for good, so the page asks for a new one.
-    if (source.readyState === EventSource.CLOSED && !$("run-status").className.includes("status-")) {
-      follow(runId);
-    }
+
+  let mine = await open();
+  if (!mine) return;
+  const attach = (es) => {
+    source = es;
+    const onEvent = (message) => {
+      const data = JSON.parse(message.data);
+      queue = queue.then(() => handle(message.type, data)).catch((error) => {
+        if (current()) $("run-status").textContent = error.message;
+      });
+    };
+    for (const type of ["status", "gap", "token", "tick", "message"]) es.addEventListener(type, onEvent);
+    es.onopen = () => {
+      if (current() && !finished) $("run-status").textContent = "running";
+    };
+    es.onerror = () => {
+      if (!current() || finished || es.readyState !== EventSource.CLOSED) return;
+      // Closed for good (an expired ticket, a 4xx): reconnect ourselves after a pause.
+      setTimeout(async () => {
+        if (!current() || finished) return;
+        const next = await open().catch(() => null);
+        if (next && current()) {
+          mine = next;
+          attach(next);
+        }
+      }, 1000);
+    };
   };
+  attach(mine);
 }
 
 window.addEventListener("DOMContentLoaded", () => {
