@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from runstream.api.deps import ApiState, Principal, RunId, State
 from runstream.api.schemas import EventsPage, errors, ok
 from runstream.api.stream import AFTER_PATTERN, parse_start, resolve_start
+from runstream.concurrency import finish_shielded
 from runstream.streams.follow import follow_batches
 from runstream.streams.frames import Frame
 
@@ -44,8 +45,9 @@ async def read_events(
     try:
         frames, closed = await _page(state, run_id, cursor, limit, wait)
     finally:
+        # Shielded and bounded: a client that leaves mid-poll still frees its lease now.
         with contextlib.suppress(Exception):  # else the lease expires by itself
-            await res.quotas.release_stream(principal, lease)
+            await finish_shielded(res.quotas.release_stream(principal, lease), within_s=2.0)
     return {
         "events": [frame.event.to_dict() for frame in frames],
         "next_after": frames[-1].seq if frames else cursor,
