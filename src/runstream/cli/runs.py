@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -76,14 +77,7 @@ def get_run(
     run_id: RunIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """The run, as JSON."""
-    from runstream.cli.main import reported_errors
-
-    async def fetch() -> Run:
-        async with Client(api_url, token=token) as client:
-            return await client.get(run_id)
-
-    with reported_errors():
-        typer.echo(_run_json(asyncio.run(fetch())))
+    _print_run(api_url, token, lambda client: client.get(run_id))
 
 
 @runs_app.command("stop")
@@ -91,14 +85,19 @@ def stop_run(
     run_id: RunIdArgument, api_url: ApiUrlOption = DEFAULT_API_URL, token: TokenOption = None
 ) -> None:
     """Stop the run; prints it as JSON (exit 1 if it had already ended)."""
+    _print_run(api_url, token, lambda client: client.stop(run_id))
+
+
+def _print_run(api_url: str, token: str | None, call: Callable[[Client], Awaitable[Run]]) -> None:
+    """Print as JSON the run ``call`` answers, or the error as one line."""
     from runstream.cli.main import reported_errors
 
-    async def stop() -> Run:
+    async def fetch() -> Run:
         async with Client(api_url, token=token) as client:
-            return await client.stop(run_id)
+            return await call(client)
 
     with reported_errors():
-        typer.echo(_run_json(asyncio.run(stop())))
+        typer.echo(_run_json(asyncio.run(fetch())))
 
 
 @runs_app.command("follow")
