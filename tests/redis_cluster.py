@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.cluster import key_slot
 
 from runstream.cli.embedded_redis import free_port
 
@@ -139,7 +140,69 @@ class RedisCluster:
         """Every live node's runstream connections, by port."""
         return {n.port: n.client_names(prefix) for n in self.nodes if n.process is not None}
 
+    def wait_formed(self, timeout: float = 30.0) -> None:
+        """Wait until every node agrees on the slot map and each master has its replica."""
+        _wait(self._formed, "the cluster is not (re)formed", timeout)
+
+    def node(self, port: int) -> ClusterNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def owner(self, key: str) -> ClusterNode:
+        """The master that owns ``key``'s slot now."""
+        slot = key_slot(key.encode())
+        for start, end, master, *_ in self._slots(self.masters()[0]):
+            if start <= slot <= end:
+                return self.node(int(master[1]))
+        raise LookupError(f"slot {slot} is not covered")
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        with master.admin() as admin:
+            replica = admin.info("replication")["slave0"]
+        return self.node(int(replica["port"]))
+
+    def fail_over(self, master: ClusterNode) -> ClusterNode:
+        """``CLUSTER FAILOVER`` on ``master``'s replica; returns the new master once the
+        whole cluster agrees."""
+        replica = self.replica_of(master)
+        with replica.admin() as admin:
+            admin.execute_command("CLUSTER", "FAILOVER")
+        _wait(lambda: replica in self.masters() and master not in self.masters(), "no failover")
+        self.wait_formed()
+        return replica
+
+    def migrate_slot(self, key: str, target: ClusterNode) -> None:
+        """Move ``key``'s slot, with its keys, to ``target``, the way ``redis-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE everywhere."""
+        slot = key_slot(key.encode())
+        source = self.owner(key)
+        ids = {}
+        for node in (source, target):
+            with node.admin() as admin:
+                ids[node.port] = admin.execute_command("CLUSTER", "MYID").decode()
+        with target.admin() as dst, source.admin() as src:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
+            while moving := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *moving
+                )
+            for node in (target, source, *[m for m in self.masters() if m not in (source, target)]):
+                with node.admin() as admin:
+                    admin.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+        _wait(lambda: self.owner(key) == target, "the slot did not move")
+        self.wait_formed()
+
+    def _slots(self, node: ClusterNode) -> list[list[object]]:
+        with node.admin() as admin:
+            slots: list[list[object]] = admin.execute_command("CLUSTER", "SLOTS")
+        return slots
+
     def _formed(self) -> bool:
+        maps = set()
+        for node in self.nodes:
+            maps.add(tuple(sorted((s[0], s[1], s[2][1]) for s in self._slots(node))))  # type: ignore[index]
+        if len(maps) != 1:
+            return False
         for node in self.nodes:
             with node.admin() as admin:
                 info = admin.cluster("INFO")

@@ -10,7 +10,7 @@ import secrets
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runstream.errors import ConfigError
@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNSTREAM_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    queue_redis_url: str | None = None
     database_url: str = "sqlite+aiosqlite:///./runstream.db"
     redis_max_connections: int = Field(default=8, ge=1, le=1000)
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
@@ -107,12 +109,21 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes")
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "queue_redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        if self.redis_cluster and self.redis_url.startswith("unix://"):
+            raise ValueError(
+                "RUNSTREAM_REDIS_CLUSTER needs RUNSTREAM_REDIS_URL to name a cluster node "
+                "as redis://host:port"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -163,7 +174,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
+        if not first["loc"]:  # a check across settings names them itself
+            raise ConfigError(first["msg"].removeprefix("Value error, ")) from None
+        field = str(first["loc"][0])
         raise ConfigError(
             f"RUNSTREAM_{field.upper()}: {first['msg']} (fix the environment variable)"
         ) from None

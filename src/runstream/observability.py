@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from runstream.errors import BackendUnavailable
 from runstream.metrics import REGISTRY
 from runstream.resources import Resources
-from runstream.streams.connection import pool_stats
+from runstream.streams.cluster import client_stats
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ class ProcessCollector(Collector):
         for watched in list(self._open):
             res = watched.resources
             labels = [res.role, res.settings.instance]
-            pool = pool_stats(res.redis.connection_pool)
+            pool = client_stats(res.redis)
             hub = res.hub.stats()
             values = {
                 "runstream_redis_pool_in_use": pool.in_use,

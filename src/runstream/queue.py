@@ -22,11 +22,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import orjson
 import streaq
 import structlog
 from anyio import CancelScope
+from coredis import ClusterConnectionPool
+from coredis.connection import TCPLocation
 from coredis.exceptions import RedisError as CoredisError
 from coredis.exceptions import ResponseError as CoredisResponseError
 from streaq import StreaqRetry, Worker
@@ -130,8 +133,11 @@ class RunQueue:
             self._streaq.stop()
 
     def _new_streaq(self, execute: Execute | None = None) -> _Streaq:
+        settings = self._settings
         queue = _Streaq(
-            self._settings.redis_url,
+            settings.queue_redis_url or settings.redis_url,
+            # RUNSTREAM_QUEUE_REDIS_URL is a standalone Redis, even beside a cluster.
+            cluster=settings.redis_cluster and not settings.queue_redis_url,
             role=self._role,
             instance=self._settings.instance,
             queue_name=self._settings.queue_name,
@@ -186,15 +192,38 @@ class _Streaq(Worker):
     """
 
     def __init__(
-        self, redis_url: str, *, role: str, instance: str, queue_name: str, concurrency: int
+        self,
+        redis_url: str,
+        *,
+        cluster: bool,
+        role: str,
+        instance: str,
+        queue_name: str,
+        concurrency: int,
     ) -> None:
+        name = client_name(role, instance, "queue")
+        limit = QUEUE_CONNECTIONS_BY_ROLE.get(role, QUEUE_CONNECTIONS)
+        pool = None
+        redis_kwargs: dict[str, Any] = {"client_name": name, "max_connections": limit}
+        if cluster:
+            # The whole queue lives in one slot (keys.queue_prefix), so on one master; the
+            # budget is per node, and in practice all on that one.
+            url = urlsplit(redis_url)
+            pool = ClusterConnectionPool(
+                [TCPLocation(url.hostname or "127.0.0.1", url.port or 6379)],
+                max_connections=limit,
+                max_connections_per_node=True,
+                client_name=name,
+                username=url.username,
+                password=url.password,
+                decode_responses=True,
+            )
+            redis_kwargs = {}
         super().__init__(
             redis_url=redis_url,
-            redis_kwargs={
-                "client_name": client_name(role, instance, "queue"),
-                "max_connections": QUEUE_CONNECTIONS_BY_ROLE.get(role, QUEUE_CONNECTIONS),
-            },
-            queue_name=queue_prefix(queue_name),
+            redis_pool=pool,
+            redis_kwargs=redis_kwargs,
+            queue_name=queue_prefix(queue_name, cluster=cluster),
             concurrency=concurrency,
             serializer=_dumps,
             deserializer=orjson.loads,

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
 
 from runstream.agents.registry import AgentRegistry, load_registry
 from runstream.config import Settings
 from runstream.queue import RunQueue, open_queue
 from runstream.store.database import POOL_SIZE, open_store
 from runstream.store.repository import RunStore
-from runstream.streams.connection import RedisErrors, open_redis, pool_stats
+from runstream.streams.cluster import client_stats, open_cluster
+from runstream.streams.connection import CommandClient, RedisErrors, open_redis
 from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
 from runstream.streams.follow import Sources
-from runstream.streams.pubsub import PubSubHub, open_hub
+from runstream.streams.pubsub import Hub, open_hub
 from runstream.streams.quotas import PrincipalQuotas
 from runstream.streams.reads import SharedReads
 
@@ -39,8 +38,8 @@ class Resources:
 
     settings: Settings
     role: str
-    redis: Redis
-    hub: PubSubHub
+    redis: CommandClient
+    hub: Hub
     log: EventLog
     control: RunControl
     store: RunStore
@@ -61,7 +60,24 @@ class Resources:
 
     def pool_in_use(self) -> int:
         """Command connections currently lent out (0 when the process is idle)."""
-        return pool_stats(self.redis.connection_pool).in_use
+        return client_stats(self.redis).in_use
+
+
+def open_commands(
+    settings: Settings, *, role: str, purpose: str = "cmd", max_connections: int | None = None
+) -> AbstractAsyncContextManager[CommandClient]:
+    """The process's command client: a bounded pool, or on a cluster
+    (``RUNSTREAM_REDIS_CLUSTER``) a bounded client per node."""
+    opener = open_cluster if settings.redis_cluster else open_redis
+    return opener(
+        settings.redis_url,
+        role=role,
+        instance=settings.instance,
+        purpose=purpose,
+        max_connections=max_connections or settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
+        idle_s=settings.redis_idle_s,
+    )
 
 
 @asynccontextmanager
@@ -69,16 +85,7 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
     """Open the process's connections; close all of them on exit."""
     agents = load_registry(settings.agents)  # a bad agent spec fails before any connection
     async with AsyncExitStack() as stack:
-        redis = await stack.enter_async_context(
-            open_redis(
-                settings.redis_url,
-                role=role,
-                instance=settings.instance,
-                max_connections=settings.redis_max_connections,
-                timeout=settings.redis_timeout_s,
-                idle_s=settings.redis_idle_s,
-            )
-        )
+        redis = await stack.enter_async_context(open_commands(settings, role=role))
         hub = await stack.enter_async_context(
             open_hub(
                 settings.redis_url,
@@ -86,6 +93,8 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
                 instance=settings.instance,
                 queue_size=settings.subscriber_queue_size,
                 ping_interval=settings.pubsub_ping_s,
+                redis=redis,
+                idle_s=settings.redis_idle_s,
             )
         )
         store = await stack.enter_async_context(

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runstream.budget import ErrorMap, is_budget_message
@@ -30,9 +33,29 @@ from runstream.streams.keys import client_name
 
 log = structlog.get_logger(__name__)
 
+CommandClient = Redis | RedisCluster
+"""The process's command client: one Redis, or a Redis Cluster (``streams.cluster``)."""
+
+
+async def pipe_script(
+    pipe: Pipeline | ClusterPipeline,
+    script: AsyncScript,
+    keys: list[str],
+    args: list[bytes | str | int],
+) -> None:
+    """Queue a script call on a pipeline. On a cluster it goes as EVAL: redis-py refuses a
+    pipelined EVALSHA there; the cluster pipeline sends each node its own commands."""
+    if isinstance(pipe, ClusterPipeline):
+        body = script.script
+        pipe.eval(body if isinstance(body, str) else bytes(body).decode(), len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
+
 
 def is_budget_error(exc: BaseException) -> bool:
     """True when ``exc`` says a connection budget (pool or server) is exhausted."""
+    if isinstance(exc, MaxConnectionsError):
+        return True
     return isinstance(exc, RedisConnectionError) and is_budget_message(str(exc))
 
 
@@ -156,7 +179,8 @@ class RedisErrors(ErrorMap):
     def translate(self, exc: BaseException) -> None:
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
             if is_budget_error(exc):
-                raise self.exhausted(f"Too many connections: {exc}", "redis") from exc
+                text = str(exc).removeprefix("Too many connections: ")
+                raise self.exhausted(f"Too many connections: {text}", "redis") from exc
             raise BackendUnavailable(f"Redis unavailable: {exc}", dependency="Redis") from exc
-        if isinstance(exc, RedisError):
+        if isinstance(exc, RedisError | RedisClusterException):
             raise BackendUnavailable(f"Redis error: {exc}", dependency="Redis") from exc

@@ -8,10 +8,8 @@ is renewed while the worker lives, so a dead worker's runs become visibly orphan
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from runstream.streams import keys
-from runstream.streams.connection import RedisErrors
+from runstream.streams.connection import CommandClient, RedisErrors
 from runstream.streams.pubsub import publish
 
 STOP_MESSAGE = b"stop"
@@ -42,7 +40,7 @@ class RunControl:
     Every method raises only runstream's errors (BackendUnavailable, TooManyConnections).
     """
 
-    def __init__(self, redis: Redis, *, stop_ttl_s: int, errors: RedisErrors) -> None:
+    def __init__(self, redis: CommandClient, *, stop_ttl_s: int, errors: RedisErrors) -> None:
         self._redis = redis
         self._errors = errors
         self._stop_ttl_s = stop_ttl_s

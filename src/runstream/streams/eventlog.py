@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 
 from runstream.models import PAGE_BYTES, Event
 from runstream.streams import keys
-from runstream.streams.connection import RedisErrors
+from runstream.streams.connection import CommandClient, RedisErrors, pipe_script
 
 _APPEND = """
 local last, closed = 0, false
@@ -58,7 +58,7 @@ for i = 5, #ARGV, 4 do
     else
       redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 't', ARGV[i + 1], 'd', ARGV[i + 2])
     end
-    redis.call('PUBLISH', ARGV[1], ARGV[i] .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2])
+    redis.call('{publish}', ARGV[1], ARGV[i] .. '\\n' .. ARGV[i + 1] .. '\\n' .. ARGV[i + 2])
     last = seq
     added = added + 1
   end
@@ -114,11 +114,13 @@ class EventLog:
     Every method raises only runstream's errors (BackendUnavailable, TooManyConnections).
     """
 
-    def __init__(self, redis: Redis, *, ttl_s: int, errors: RedisErrors) -> None:
+    def __init__(self, redis: CommandClient, *, ttl_s: int, errors: RedisErrors) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._errors = errors
-        self._append = redis.register_script(_APPEND)
+        # On a cluster the notification is a sharded publish: it stays on the run's node.
+        publish = "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+        self._append = redis.register_script(_APPEND.replace("{publish}", publish))
         self._read = redis.register_script(_READ)
 
     async def append(self, run_id: str, events: Sequence[Event], fence: Fence | None = None) -> int:
@@ -145,7 +147,7 @@ class EventLog:
                 for run_id, events, fence in batches:
                     if events:
                         args = self._args(run_id, events, fence)
-                        await self._append(keys=self._keys(run_id), args=args, client=pipe)
+                        await pipe_script(pipe, self._append, self._keys(run_id), args)
                 results: list[int] = await pipe.execute()
         answers = iter(results)
         return [next(answers) if events else 0 for _, events, _ in batches]

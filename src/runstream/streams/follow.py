@@ -23,7 +23,7 @@ from typing import Literal, overload
 from runstream.models import Run, gap_event, is_last_page, status_event
 from runstream.streams import keys
 from runstream.streams.frames import Frame, notification_frame, to_frame
-from runstream.streams.pubsub import RESYNC, Message, PubSubHub
+from runstream.streams.pubsub import RESYNC, Hub, Message
 from runstream.streams.reads import SharedReads
 
 PAGE = 500
@@ -35,7 +35,7 @@ ReadPage = Callable[[str, int, int], Awaitable[list[Frame]]]
 class Sources:
     """Where a follower reads from: the live hub and the process's shared reads."""
 
-    hub: PubSubHub
+    hub: Hub
     reads: SharedReads
 
 

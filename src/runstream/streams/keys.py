@@ -72,6 +72,11 @@ PRINCIPAL_RUNS = f"{PREFIX}:principal:{{*}}:runs"
 """The pattern of every principal's active-run leases (queued plus running)."""
 
 
-def queue_prefix(queue_name: str) -> str:
-    """Name of the task queue inside Redis (the queue library derives its keys from it)."""
+def queue_prefix(queue_name: str, *, cluster: bool = False) -> str:
+    """Name of the task queue inside Redis (the queue library derives its keys from it).
+
+    On a cluster the name is a hash tag: the queue's scripts touch several of its keys at
+    once, so all of them must live in one slot (on one master)."""
+    if cluster:
+        return f"{PREFIX}:queue:{{{queue_name}}}"
     return f"{PREFIX}:queue:{queue_name}"

@@ -23,12 +23,11 @@ import uuid
 from collections import defaultdict
 from typing import Final
 
-from redis.asyncio import Redis
-
 from runstream.concurrency import helper_task
 from runstream.errors import BackendUnavailable, QuotaExceeded
 from runstream.streams import keys
-from runstream.streams.connection import RedisErrors
+from runstream.streams.cluster import client_stats
+from runstream.streams.connection import CommandClient, RedisErrors, pipe_script
 
 STREAM_LEASE_S: Final = 30.0
 """How long a stream lease outlives the API process that stopped renewing it."""
@@ -77,7 +76,7 @@ class PrincipalQuotas:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: CommandClient,
         *,
         errors: RedisErrors,
         max_runs: int,
@@ -89,9 +88,7 @@ class PrincipalQuotas:
         self._errors = errors
         # Stream opens come in crowds (every reader of a restarted API at once): they
         # queue here for a connection rather than time out on the pool.
-        self._gate = stream_gate or asyncio.Semaphore(
-            max(1, redis.connection_pool.max_connections - 2)
-        )
+        self._gate = stream_gate or asyncio.Semaphore(max(1, client_stats(redis).max - 2))
         self._stream_lease_s = stream_lease_s
         self._max_runs = max_runs
         self._max_streams = max_streams
@@ -187,9 +184,6 @@ class PrincipalQuotas:
         with self._errors:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for principal, ids in snapshot:
-                    await self._renew(
-                        keys=[keys.principal_streams(principal)],
-                        args=[lease_ms, "XX", *ids],
-                        client=pipe,
-                    )
+                    args: list[bytes | str | int] = [lease_ms, "XX", *ids]
+                    await pipe_script(pipe, self._renew, [keys.principal_streams(principal)], args)
                 await pipe.execute()

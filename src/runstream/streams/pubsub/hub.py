@@ -1,11 +1,11 @@
-"""The only module that touches Redis pub/sub: one shared connection per process.
+"""One pub/sub connection, shared by every local subscriber of its channels.
 
 :class:`PubSubHub` multiplexes every local subscriber over a single named pub/sub
-connection (the connection budget, README.md). Channels are reference-counted: the first
-local subscriber of a channel subscribes it on the server, the last one unsubscribes it.
-Each subscriber gets a bounded :class:`Subscription`; a subscriber that falls behind is
-not allowed to grow memory or to slow the others: its queue is emptied and it receives
-:data:`RESYNC`, which tells it to catch up from the event log (I6, I7). After a
+connection (the connection budget, docs/deployment.md). Channels are reference-counted:
+the first local subscriber of a channel subscribes it on the server, the last one
+unsubscribes it. Each subscriber gets a bounded :class:`Subscription`; a subscriber that
+falls behind is not allowed to grow memory or to slow the others: its queue is emptied
+and it receives :data:`RESYNC`, which tells it to catch up from the event log. After a
 reconnect each subscriber gets :data:`RESYNC` too, once its channel is confirmed again
 (not before: a catch-up read done before listening again would miss what is published in
 between), because messages published while disconnected are lost.
@@ -16,8 +16,11 @@ subscribes the wanted channels in one command. Other tasks only send SUBSCRIBE a
 UNSUBSCRIBE, under a lock, reconciling the server's channel set with the wanted one;
 so an UNSUBSCRIBE can never land after a newer SUBSCRIBE of the same channel.
 
-Publishing needs no subscription connection: :func:`publish` uses the command pool. The
-event log's append script also PUBLISHes, atomically with the append (``eventlog``).
+On a Redis Cluster the same class is one *link* of the sharded hub (``sharded``): a
+connection to one master, with SSUBSCRIBE/SUNSUBSCRIBE and no private channel. A link
+reports what only the server can tell it (a channel it dropped at a failover or a slot
+move, a MOVED answer, a lost connection) through ``on_trouble``, and the sharded hub
+moves channels between links.
 """
 
 from __future__ import annotations
@@ -32,13 +35,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError
 
 from runstream.budget import budget_exhausted
 from runstream.concurrency import finish_shielded, helper_task
 from runstream.errors import SubscribeError, describe
-from runstream.streams.connection import CLOSE_TIMEOUT_S, connection_kwargs, is_budget_error
+from runstream.streams.connection import (
+    CLOSE_TIMEOUT_S,
+    CommandClient,
+    connection_kwargs,
+    is_budget_error,
+)
 from runstream.streams.keys import client_name, hub_channel
 
 log = structlog.get_logger(__name__)
@@ -140,18 +152,25 @@ class PubSubHub:
         queue_size: int = 256,
         ping_interval: float = 5.0,
         confirm_timeout: float = 5.0,
+        node: tuple[str, int] | None = None,
+        on_trouble: Callable[[], None] | None = None,
     ) -> None:
         self._role = role
         self._instance = instance
         self._queue_size = queue_size
         self._ping_interval = ping_interval
         self._confirm_timeout = confirm_timeout
-        self._private = hub_channel(role, instance)
+        self.sharded = node is not None
+        self._on_trouble = on_trouble or (lambda: None)
+        # A sharded link has no private channel: its channels live on its node only.
+        self._private: str | None = None if self.sharded else hub_channel(role, instance)
+        kwargs = connection_kwargs(redis_url, client_name(role, instance, "pubsub"))
+        if node is not None:
+            # No silent reconnect: redis-py would resubscribe every channel in one command,
+            # which a cluster refuses across slots. The reader rebuilds the link instead.
+            kwargs.update(host=node[0], port=node[1], retry=Retry(NoBackoff(), 0))
         # One connection at most: a bug that asks for a second fails at once.
-        self._pool = ConnectionPool(
-            max_connections=1,
-            **connection_kwargs(redis_url, client_name(role, instance, "pubsub")),
-        )
+        self._pool = ConnectionPool(max_connections=1, **kwargs)
         self._client = Redis(connection_pool=self._pool)
         self._ps: PubSub | None = None
         self._lock = asyncio.Lock()  # serialises commands against reconnects
@@ -160,6 +179,7 @@ class PubSubHub:
         self._decoders: dict[str, Decoder] = {}
         self._requested: set[str] = set()  # what we last asked the server for
         self._pending: dict[str, int] = {}  # SUBSCRIBE confirmations still to come
+        self._unsubscribing: dict[str, int] = {}  # our SUNSUBSCRIBEs not yet answered
         self._confirmed: set[str] = set()
         self._resubscribed: set[str] = set()
         self._broken = False
@@ -184,27 +204,15 @@ class PubSubHub:
         """
         if self._closing:
             raise SubscribeError("the pub/sub hub is closed")
-        sub = Subscription(channel, self._queue_size)
         # Registered locally before any await: a concurrent first subscriber of the same
         # channel sees it, and the finally below can always discard it.
-        self._wanted.setdefault(channel, set()).add(sub)
-        if decode is not None:
-            self._decoders.setdefault(channel, decode)
+        sub = self._add(channel, decode)
         try:
             await self._reconcile(channel)
             await self._wait_confirmed(channel)
             yield sub
         finally:
-            subs = self._wanted.get(channel)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._wanted[channel]
-                    self._decoders.pop(channel, None)
-            try:
-                await finish_shielded(self._reconcile(channel), within_s=self._confirm_timeout)
-            except TimeoutError:
-                self._broken = True  # the reader rebuilds the connection with what is wanted
+            await self._remove(channel, sub)
 
     def stats(self) -> HubStats:
         """Connection state and subscription counts, for /healthz and /metrics."""
@@ -235,14 +243,50 @@ class PubSubHub:
         return self._confirm_timeout
 
     async def wait_connected(self, timeout: float) -> bool:
-        """Wait until the hub holds a live connection; False on timeout."""
+        """Wait until the hub holds a live connection (a sharded link: until every wanted
+        channel is confirmed); False on timeout."""
         try:
-            await self._wait_for(self._private, timeout)
+            async with asyncio.timeout(timeout):
+                for channel in [self._private] if self._private else list(self._wanted):
+                    await self._wait_for(channel, timeout)
         except TimeoutError:
             return False
         return True
 
     # -- subscription bookkeeping -----------------------------------------------------
+
+    def _add(self, channel: str, decode: Decoder | None) -> Subscription:
+        sub = Subscription(channel, self._queue_size)
+        self._wanted.setdefault(channel, set()).add(sub)
+        if decode is not None:
+            self._decoders.setdefault(channel, decode)
+        return sub
+
+    async def _remove(self, channel: str, sub: Subscription) -> None:
+        subs = self._wanted.get(channel)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._wanted[channel]
+                self._decoders.pop(channel, None)
+        try:
+            await finish_shielded(self._reconcile(channel), within_s=self._confirm_timeout)
+        except TimeoutError:
+            self._broken = True  # the reader rebuilds the connection with what is wanted
+
+    def _take(self, channel: str) -> tuple[set[Subscription], Decoder | None]:
+        """Hand ``channel``'s subscribers over (to another link); reconcile afterwards."""
+        self._wake(channel)  # its waiters look again, on the link that holds it now
+        return self._wanted.pop(channel, set()), self._decoders.pop(channel, None)
+
+    def _give(self, channel: str, subs: set[Subscription], decode: Decoder | None) -> None:
+        """Take over ``channel``'s subscribers: each gets RESYNC once it is confirmed here."""
+        if not subs:
+            return
+        self._wanted.setdefault(channel, set()).update(subs)
+        if decode is not None:
+            self._decoders.setdefault(channel, decode)
+        self._resubscribed.add(channel)
 
     async def _reconcile(self, channel: str) -> None:
         """Make the server's subscription of ``channel`` match whether anyone wants it."""
@@ -256,11 +300,15 @@ class PubSubHub:
                     self._confirmed.discard(channel)
                     self._pending[channel] = self._pending.get(channel, 0) + 1
                     self._requested.add(channel)
-                    await ps.subscribe(channel)
+                    await (ps.ssubscribe(channel) if self.sharded else ps.subscribe(channel))
                 else:
                     self._requested.discard(channel)
                     self._confirmed.discard(channel)
-                    await ps.unsubscribe(channel)
+                    if self.sharded:
+                        self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+                        await ps.sunsubscribe(channel)
+                    else:
+                        await ps.unsubscribe(channel)
             except Exception as exc:
                 # The reader rebuilds the connection and resubscribes everything. Not only
                 # RedisError/OSError: a command sent while redis-py reconnects a killed
@@ -316,6 +364,33 @@ class PubSubHub:
             self._pending[channel] = left
         self._wake(channel)
 
+    def _on_unsubscribed(self, channel: str) -> None:
+        """A sharded link's SUNSUBSCRIBE answer, or the server dropping the channel."""
+        asked = self._unsubscribing.get(channel, 0)
+        if asked > 1:
+            self._unsubscribing[channel] = asked - 1
+        elif asked == 1:
+            del self._unsubscribing[channel]
+        elif channel in self._requested:
+            # Unasked: the slot failed over or moved. Subscribers are RESYNCed once the
+            # channel is confirmed again, wherever the sharded hub places it.
+            self._dropped(channel)
+            self._on_trouble()
+
+    def _on_redirect(self, exc: MovedError | AskError) -> None:
+        """SSUBSCRIBE reached a node that does not own the slot: drop those channels."""
+        for channel in [c for c in self._pending if key_slot(c.encode()) == exc.slot_id]:
+            self._dropped(channel)
+            self._pending.pop(channel, None)
+        self._on_trouble()
+
+    def _dropped(self, channel: str) -> None:
+        self._requested.discard(channel)
+        self._confirmed.discard(channel)
+        if channel in self._wanted:
+            self._resubscribed.add(channel)
+        self._wake(channel)
+
     def _dispatch(self, channel: str, data: bytes) -> None:
         subs = self._wanted.get(channel)
         if not subs:
@@ -350,6 +425,7 @@ class PubSubHub:
                 backoff = 0.05
                 await self._read_until_error()
             except Exception as exc:  # the reader must outlive any failure of Redis
+                self._on_trouble()  # on a cluster, the node may have lost its slots
                 if self._closing:
                     pass
                 elif is_budget_error(exc):  # logged as "Too many connections" and counted
@@ -381,15 +457,26 @@ class PubSubHub:
             self._broken = False
             ps = self._client.pubsub()
             self._ps = ps
-            channels = sorted({self._private, *self._wanted})
+            private = [] if self._private is None else [self._private]
+            channels = sorted({*private, *self._wanted})
             self._requested = set(channels)
             self._pending = dict.fromkeys(channels, 1)
+            self._unsubscribing = {}
             self._confirmed = set()
             # Subscribers of these channels may have missed messages while disconnected:
-            # each gets RESYNC once its channel is confirmed again (_on_subscribed).
-            self._resubscribed = set(channels) if self._reconnects else set()
+            # each gets RESYNC once its channel is confirmed again (_on_subscribed). A
+            # channel handed over by another link keeps its mark (_give).
+            if self._reconnects:
+                self._resubscribed = set(channels)
+            else:
+                self._resubscribed &= set(channels)
             self._ping_sent_at = None
-            await ps.subscribe(*channels)
+            if self.sharded:
+                # One SSUBSCRIBE takes the channels of one slot only.
+                for group in _by_slot(channels):
+                    await ps.ssubscribe(*group)
+            else:
+                await ps.subscribe(*channels)
             self._last_pong = time.monotonic()
         self._reconnects += 1
 
@@ -409,17 +496,23 @@ class PubSubHub:
         while not self._closing:
             if self._broken:
                 raise _Stale("a command on the pub/sub connection failed")
-            message = await ps.get_message(timeout=min(1.0, self._ping_interval))
+            try:
+                message = await ps.get_message(timeout=min(1.0, self._ping_interval))
+            except (MovedError, AskError) as exc:  # a sharded link's SSUBSCRIBE, refused
+                self._on_redirect(exc)
+                continue
             if message is not None:
                 self._handle(message)
             await self._watchdog(ps)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "message":
+        if kind in ("message", "smessage"):
             self._dispatch(_text(message["channel"]), message["data"])
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             self._on_subscribed(_text(message["channel"]))
+        elif kind == "sunsubscribe":
+            self._on_unsubscribed(_text(message["channel"]))
         elif kind == "pong":
             self._last_pong = time.monotonic()
             self._ping_sent_at = None
@@ -429,6 +522,9 @@ class PubSubHub:
         now = time.monotonic()
         if self._pong_overdue(now):
             raise _Stale(f"no pong within {self._ping_interval}s")
+        if not ps.subscribed:
+            return  # a sharded link with no channel left: nothing to watch (and RESP2
+            # answers PING outside subscribed mode in a shape the PubSub cannot parse)
         if self._ping_sent_at is None and now - (self._last_pong or now) >= self._ping_interval:
             self._ping_sent_at = now
             async with self._lock:
@@ -444,6 +540,13 @@ class PubSubHub:
 
 class _Stale(Exception):
     """The connection looks alive but is not answering; rebuild it."""
+
+
+def _by_slot(channels: list[str]) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for channel in channels:
+        groups.setdefault(key_slot(channel.encode()), []).append(channel)
+    return list(groups.values())
 
 
 def _text(value: bytes | str) -> str:
@@ -481,7 +584,11 @@ async def open_hub(
         await finish_shielded(hub._close(), within_s=CLOSE_TIMEOUT_S)
 
 
-async def publish(redis: Redis, channel: str, data: bytes) -> int:
-    """Publish ``data`` on ``channel`` through a command connection; returns receivers."""
-    receivers: int = await redis.publish(channel, data)
+async def publish(redis: CommandClient, channel: str, data: bytes) -> int:
+    """Publish ``data`` on ``channel`` through a command connection (a sharded publish on a
+    cluster, where subscribers are sharded); returns receivers."""
+    if isinstance(redis, RedisCluster):
+        receivers: int = await redis.spublish(channel, data)
+    else:
+        receivers = await redis.publish(channel, data)
     return receivers
