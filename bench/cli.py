@@ -22,12 +22,19 @@ from types import FrameType
 from typing import Any
 
 from bench import machine, pg, report
+from bench.cluster import MASTERS, cluster_phase
 from bench.phases import Options, idle_phase, physical_phase, streams_phase, throughput_phase
 from bench.procs import raise_fd_limit
 from bench.systems import IMPLEMENTATIONS, Spec
 
-PHASES = ("physical", "streams", "idle", "throughput")
-QUICK = {"streams": "100,1000", "runs": "10,100", "databases": "sqlite", "idle_streams": "100"}
+PHASES = ("physical", "streams", "idle", "throughput", "cluster")
+QUICK = {
+    "streams": "100,1000",
+    "runs": "10,100",
+    "databases": "sqlite",
+    "idle_streams": "100",
+    "cluster_streams": "1000",
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -60,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="10,100,500", help="R values for one worker")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--idle-streams", default="1000", help="N values for RSS per idle stream")
+    p.add_argument(
+        "--cluster-streams", default="1000", help="S values for runstream on 1 node vs 3 masters"
+    )
     p.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
     p.add_argument("--phases", default=",".join(PHASES))
     p.add_argument("--count", type=int, default=50, help="events per run (K)")
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "streams": [],
         "idle": [],
         "throughput": [],
+        "cluster": [],
         "skipped": [],
     }
     t0 = time.monotonic()
@@ -193,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                     r = _attempt(what, phase)
                     row = {"implementation": impl, "database": database, "runs": count}
                     results["throughput"].append({**row, **r})
+        for size in _ints(args.cluster_streams) if "cluster" in phases else []:
+            what = f"cluster: runstream S={size} on 1 node, then on {MASTERS} masters"
+            r = _attempt(what, partial(cluster_phase, specs["runstream"], size, opts))
+            results["cluster"].append({"streams": size, **r})
     except KeyboardInterrupt:
         results["interrupted"] = True
         _log("interrupted: writing what was measured")

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from bench.logscan import server_reasons
-from bench.procs import LOOPBACK, redis_server
+from bench.procs import LOOPBACK, RedisServer, redis_server
 from bench.procstat import rss_bytes
 from bench.sampler import Sampler
 from bench.systems import REPO_ROOT, Running, Spec, running_system
@@ -147,10 +147,19 @@ def streams_phase(spec: Spec, streams: int, opts: Options) -> dict[str, Any]:
         return asyncio.run(_streams(system, streams, runs, opts))
 
 
-async def _streams(system: Running, streams: int, runs: int, opts: Options) -> dict[str, Any]:
+async def _streams(
+    system: Running,
+    streams: int,
+    runs: int,
+    opts: Options,
+    other_nodes: Sequence[RedisServer] = (),
+) -> dict[str, Any]:
+    """The streams phase on a started system; ``other_nodes`` (a cluster's other nodes)
+    are sampled too, and the result then says the peak per node."""
     out = system.api.log.parent / "load.json"
     rss_start = rss_bytes(system.api.pid) or 0
     sampler = Sampler(system.redis.port, opts.sample_s)
+    others = [Sampler(node.port, opts.sample_s) for node in other_nodes]
     run_s = opts.count * opts.interval_ms / 1000
     # Bounded: opens, then every wave of runs (at worker concurrency 100), then slack.
     deadline = 120 + 3 * run_s * max(1, runs / 100)
@@ -174,12 +183,24 @@ async def _streams(system: Running, streams: int, runs: int, opts: Options) -> d
         if phase == "opened":
             sampler.watch("worker", system.start_worker().pid)
 
-    async with sampler.running():
+    async with contextlib.AsyncExitStack() as stack:
+        for each in (sampler, *others):
+            await stack.enter_async_context(each.running())
         _watch_system(sampler, system)
+        for index, node in enumerate(other_nodes, start=2):
+            sampler.watch(f"redis-server {index}", node.proc.pid)
         bound = _open_deadline(streams) + deadline + 120
         await _drive_load(system, sampler, argv, bound, on_phase)
         at_rest = await sampler.at_rest(opts.settle_s)
         cpu = sampler.cpu()
+        by_node = {str(system.redis.port): sampler.peak}
+        by_node.update(
+            {str(node.port): s.peak for node, s in zip(other_nodes, others, strict=True)}
+        )
+        rest_by_node = {
+            str(node.port): await s.connections()
+            for node, s in zip(other_nodes, others, strict=True)
+        }
     load = _read_load(out)
     own_cpu = _get_cpu(load)
     if own_cpu is not None and "load generator" in cpu:
@@ -198,6 +219,8 @@ async def _streams(system: Running, streams: int, runs: int, opts: Options) -> d
         "connections_peak": sampler.peak,
         "connections_at_rest": at_rest,
         "connections_series": sampler.series,
+        "connections_peak_by_node": by_node,
+        "connections_at_rest_by_node": {str(system.redis.port): at_rest, **rest_by_node},
         "cpu": cpu,
         "sampler_errors": sampler.errors,
     }

@@ -126,7 +126,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(name: str, log_dir: Path, maxclients: int) -> Iterator[RedisServer]:
+def redis_server(
+    name: str, log_dir: Path, maxclients: int, extra_args: Sequence[str] = ()
+) -> Iterator[RedisServer]:
     """A redis-server with no persistence and room for ``maxclients``, killed on exit."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -151,6 +153,7 @@ def redis_server(name: str, log_dir: Path, maxclients: int) -> Iterator[RedisSer
         "yes",
         "--tcp-backlog",
         "4096",
+        *extra_args,
     ]
     try:
         with started(name, argv, {}, log_dir, grace_s=5) as proc:

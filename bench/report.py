@@ -265,7 +265,43 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
         lines += [f"- note: {note}" for note in notes]
         lines += [f"- phase failed: {error[:300]}" for error in errors]
+    lines += cluster_lines(results.get("cluster") or [])
     return "\n".join(lines) + "\n"
+
+
+def cluster_lines(items: list[dict[str, Any]]) -> list[str]:
+    """runstream on one node against three masters: events/s and connections per node."""
+    if not items:
+        return []
+    lines = [
+        "",
+        "| runstream, same load | streams | delivered events/s | p99 ms | not ended | "
+        "peak connections on the busiest node | at rest, per node |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for item in items:
+        if item.get("error"):
+            lines.append(f"| cluster phase failed: {str(item['error'])[:200]} | | | | | | |")
+            continue
+        for row in item.get("topologies", []):
+            load = row.get("load") or {}
+            peaks = row.get("connections_peak_by_node") or {}
+            busiest = max(peaks.values(), key=lambda p: p.get("total", 0), default=None)
+            rest = row.get("connections_at_rest_by_node") or {}
+            at_rest = ", ".join(str(r.get("total", 0)) for r in rest.values())
+            cells = [
+                row.get("topology", "?"),
+                f"{item.get('streams', 0):,}",
+                _num(load.get("events_per_s")),
+                _num(_get(load, "latency_ms", "p99")),
+                _num(load.get("without_terminal")),
+                _roles(busiest),
+                at_rest or "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        ratio = item.get("events_per_s_ratio")
+        lines.append(f"| 3 masters / 1 node | | {_num(ratio, 2)} | | | | |")
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> Path | None:

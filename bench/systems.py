@@ -132,12 +132,14 @@ def running_system(
     pg_url: str,
     maxclients: int,
     with_worker: bool,
+    redis: RedisServer | None = None,
 ) -> Iterator[Running]:
-    """Redis, a fresh database and the API (and the worker), all stopped on exit."""
-    with (
-        redis_server(f"{spec.kind}-redis", log_dir, maxclients) as redis,
-        database(database_kind, log_dir, pg_url) as db_url,
-    ):
+    """Redis (``redis``, or a private one), a fresh database and the API (and the
+    worker), all stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        if redis is None:
+            redis = stack.enter_context(redis_server(f"{spec.kind}-redis", log_dir, maxclients))
+        db_url = stack.enter_context(database(database_kind, log_dir, pg_url))
         env = spec.env(redis.url, db_url)
         port = free_port()
         api_cm = started(f"{spec.kind}-api", spec.api_argv(port), env, log_dir, cwd=REPO_ROOT)

@@ -21,6 +21,7 @@ UNSET = {
     "jwt_audience",
     "jwt_issuer",
     "http_max_connections",
+    "queue_redis_url",
 }
 
 

@@ -16,6 +16,7 @@ from runstream.streams.pubsub import ShardedHub
 from tests.api.streaming import read_first, read_stream, start
 from tests.cluster.conftest import MakeSettings
 from tests.redis_cluster import RedisCluster
+from tests.redis_server import RedisServer
 from tests.system import running_api, running_worker
 
 EVENTS = 20
@@ -135,3 +136,23 @@ async def wait_for_seq(client: httpx.AsyncClient, run_id: str, seq: int) -> None
     async with asyncio.timeout(15):
         while not await reached():
             await asyncio.sleep(0.02)
+
+
+async def test_the_queue_can_live_on_its_own_redis_beside_the_cluster(
+    redis_cluster: RedisCluster, cluster_settings: MakeSettings, private_redis: RedisServer
+) -> None:
+    beside = {"queue_redis_url": private_redis.url}
+    async with (
+        running_worker(cluster_settings("wk1", **beside)),
+        running_api(cluster_settings("api1", **beside)) as api,
+        api.client() as client,
+    ):
+        run_id = await start(client, "scripted", count=3, interval_ms=10)
+        stream = await read_stream(client, run_id)
+        on_cluster = [n for names in redis_cluster.client_names().values() for n in names]
+        on_queue_redis = private_redis.client_names()
+    assert stream[-1]["data"]["status"] == "completed"
+    assert not [name for name in on_cluster if name.endswith(":queue")]
+    assert "runstream:api:api1:queue" in on_queue_redis
+    assert "runstream:worker:wk1:queue" in on_queue_redis
+    assert all(name.endswith(":queue") for name in on_queue_redis)
