@@ -68,6 +68,7 @@ async def many_readers(
         hub = api.resources.hub
         assert isinstance(hub, ShardedHub)
         links = hub.links()
+        assert hub.stats().connections == len(links)  # runstream_pubsub_connections
         streams = await asyncio.gather(*readers)
     return held, links, owners, streams
 

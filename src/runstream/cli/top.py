@@ -158,6 +158,8 @@ async def take_snapshot(
     unnamed = 0
     for address, clients in per_node.items():
         for client in clients:
+            if _is_replication_link(client):
+                continue  # Redis's own master-replica link, not a client of anyone's
             parsed = keys.parse_client_name(str(client.get("name") or ""))
             if parsed is None:
                 unnamed += 1
@@ -179,6 +181,11 @@ async def take_snapshot(
         rows.append(row)
     node_roles = {address: role for address, (_, role) in sorted(roles.items())}
     return Snapshot(taken_at, rows, unnamed, running, active, budget, delivered, node_roles)
+
+
+def _is_replication_link(client: dict[str, Any]) -> bool:
+    flags = str(client.get("flags") or "")
+    return "S" in flags or "M" in flags
 
 
 async def _count_locks(redis: Redis) -> int:

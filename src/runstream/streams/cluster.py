@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -35,6 +36,8 @@ from runstream.streams.keys import client_name
 
 log = structlog.get_logger(__name__)
 
+_HOLDS_PERMIT: ContextVar[bool] = ContextVar("runstream_holds_cluster_permit", default=False)
+
 
 class GatedCluster(RedisCluster):
     """A RedisCluster whose callers queue for a connection instead of failing at once."""
@@ -47,7 +50,13 @@ class GatedCluster(RedisCluster):
 
     @contextlib.asynccontextmanager
     async def permit(self) -> AsyncIterator[None]:
-        """One of the process's ``max_connections`` permits, or MaxConnectionsError."""
+        """One of the process's ``max_connections`` permits, or MaxConnectionsError.
+
+        Re-entrant within a task: a pipeline that retries a redirected command one by one
+        already holds the permit that command needs (no deadlock among pipelines)."""
+        if _HOLDS_PERMIT.get():
+            yield
+            return
         try:
             async with asyncio.timeout(self._wait_s):
                 await self._gate.acquire()
@@ -55,9 +64,11 @@ class GatedCluster(RedisCluster):
             raise MaxConnectionsError(
                 f"Too many connections: no cluster connection free within {self._wait_s:g}s"
             ) from None
+        token = _HOLDS_PERMIT.set(True)
         try:
             yield
         finally:
+            _HOLDS_PERMIT.reset(token)
             self._gate.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
@@ -102,8 +113,45 @@ def primary_for(client: RedisCluster, key: str) -> ClusterNode:
 
 
 async def refresh_topology(client: RedisCluster) -> None:
-    """Read the slot map again (after a MOVED, a failover or a slot migration)."""
-    await client.nodes_manager.initialize()
+    """Read the slot map again (after a MOVED, a failover or a slot migration).
+
+    redis-py marks every connection for reconnect on each refresh, so this is for when
+    the map has changed or may have (:func:`slot_map_moved` says whether it has)."""
+    if isinstance(client, GatedCluster):
+        async with client.permit():  # the slot map is read over a pooled connection
+            await client.nodes_manager.initialize()
+    else:
+        await client.nodes_manager.initialize()
+    await _share_startup_nodes(client)
+
+
+async def slot_map_moved(client: RedisCluster, keys: Iterable[str]) -> bool:
+    """Whether, by the cluster's slot map now, any of ``keys`` has another master than
+    the client's map says: one CLUSTER SLOTS, no reconnect."""
+    answer: Any = await client.cluster_slots()  # {(first, last): {"primary": (host, port)}}
+    ranges: dict[tuple[int, int], dict[str, Any]] = answer
+    for key in keys:
+        slot = client.keyslot(key)
+        owner = next((r["primary"] for (lo, hi), r in ranges.items() if lo <= slot <= hi), None)
+        known = client.nodes_manager.slots_cache.get(slot)
+        if owner is None or not known or known[0].name != f"{owner[0]}:{owner[1]}":
+            return True
+    return False
+
+
+async def _share_startup_nodes(client: RedisCluster) -> None:
+    """Let the slot map be read over the nodes' own pooled connections.
+
+    redis-py keeps separate node objects for its startup nodes, each with a connection
+    of its own beside the pool: one more than the budget on the node named by
+    ``RUNSTREAM_REDIS_URL``. Once the map is known, the startup entries become the
+    map's node objects (redis-py keeps them from then on)."""
+    manager = client.nodes_manager
+    for name, startup in list(manager.startup_nodes.items()):
+        node = manager.nodes_cache.get(name)
+        if node is not None and node is not startup:
+            manager.startup_nodes[name] = node
+            await startup.disconnect()
 
 
 def _nodes(client: RedisCluster) -> list[ClusterNode]:
@@ -173,6 +221,7 @@ async def _first_contact(client: RedisCluster, redis_url: str) -> None:
     an unreachable one is an outage (the client connects on its first command)."""
     try:
         await client.initialize()
+        await _share_startup_nodes(client)
     except (RedisError, RedisClusterException, OSError) as exc:
         if "cluster mode is not enabled" in str(exc).lower():
             raise ConfigError(

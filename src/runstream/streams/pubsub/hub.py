@@ -135,6 +135,7 @@ class HubStats:
     channels: int
     subscribers: int
     reconnects: int
+    connections: int = 1  # pub/sub connections held (on a cluster, one per master in use)
 
 
 class PubSubHub:
@@ -221,6 +222,7 @@ class PubSubHub:
             channels=len(self._wanted),
             subscribers=sum(len(s) for s in self._wanted.values()),
             reconnects=self._reconnects,
+            connections=int(self._ps is not None),
         )
 
     @property

@@ -10,8 +10,9 @@ Slots move (a failover, a migration). The server then drops the channel
 (``-SUNSUBSCRIBE``) or answers SSUBSCRIBE with ``MOVED``; the link says so, and the
 rebalancer reads the slot map again and hands every channel whose master changed to the
 right link, where its subscribers get RESYNC once it is confirmed (they catch up from
-the log, which lives in the same slot). The slot map is also re-read every
-``refresh_s``, so a move nobody announced is found too.
+the log, which lives in the same slot). Every ``refresh_s`` one CLUSTER SLOTS checks the
+wanted channels' masters, so a move nobody announced is found too (the full re-read
+makes redis-py reconnect every command connection, so it is done only when needed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from runstream.concurrency import cancel_and_wait, collapse_excgroups, finish_shielded
 from runstream.errors import SubscribeError, describe
-from runstream.streams.cluster import primary_for, refresh_topology
+from runstream.streams.cluster import primary_for, refresh_topology, slot_map_moved
 from runstream.streams.connection import CLOSE_TIMEOUT_S
 from runstream.streams.pubsub.hub import Decoder, HubStats, PubSubHub, Subscription
 
@@ -115,6 +116,7 @@ class ShardedHub:
             channels=sum(s.channels for s in links),
             subscribers=sum(s.subscribers for s in links),
             reconnects=sum(s.reconnects for s in links) + self._moves,
+            connections=sum(1 for link in self._links.values() if link.hub._ps is not None),
         )
 
     @property
@@ -209,9 +211,11 @@ class ShardedHub:
                     await self._trouble.wait()
             except TimeoutError:
                 pass
+            troubled = self._trouble.is_set()
             self._trouble.clear()
             try:
-                await self._rebalance()
+                if troubled or await slot_map_moved(self._cluster, self._where):
+                    await self._rebalance()
                 await self._close_idle_links()
             except Exception as exc:  # the rebalancer must outlive any cluster state
                 log.warning("pubsub rebalance failed; retrying", error=describe(exc))
