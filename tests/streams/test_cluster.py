@@ -4,6 +4,7 @@ run on the node that owns it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -11,8 +12,10 @@ import pytest
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.cluster import key_slot
 
+from runstream.errors import TooManyConnections
 from runstream.models import build_event
 from runstream.streams import keys
+from runstream.streams.cluster import open_cluster
 from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import REFUSED, EventLog, Fence
 from tests.redis_cluster import RedisCluster
@@ -58,3 +61,40 @@ async def test_the_fenced_append_and_the_read_run_on_the_cluster(
     more = [build_event({"type": "t"}, 4, now, 10_000)]
     assert await log.append("cluster-run", more, fence) == REFUSED
     assert await log.last_seq("cluster-run") == 3
+
+
+async def test_a_crowd_waits_for_the_cluster_budget_instead_of_failing(
+    redis_cluster: RedisCluster,
+) -> None:
+    async with open_cluster(
+        redis_cluster.url, role="test", instance="crowd", max_connections=2, timeout=10
+    ) as client:
+        peak: dict[int, int] = {}
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                for port, names in redis_cluster.client_names("runstream:test:crowd").items():
+                    peak[port] = max(peak.get(port, 0), len(names))
+                await asyncio.sleep(0.02)
+
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(sample())
+            # Each BLPOP holds its connection for 50 ms; 40 at once, keys on every master.
+            await asyncio.gather(*(client.blpop([f"crowd:{n}"], timeout=0.05) for n in range(40)))
+            done.set()
+            await watcher
+        assert peak and max(peak.values()) <= 2, peak
+
+
+async def test_a_cluster_budget_held_too_long_is_too_many_connections(
+    redis_cluster: RedisCluster,
+) -> None:
+    async with open_cluster(
+        redis_cluster.url, role="test", instance="short", max_connections=1, timeout=0.05
+    ) as client:
+        slow = asyncio.create_task(client.blpop(["short:a"], timeout=0.5))
+        await asyncio.sleep(0.1)  # the one permit is taken
+        with pytest.raises(TooManyConnections), ERRORS:
+            await client.get("short:b")
+        await slow
