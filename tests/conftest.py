@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,18 +87,22 @@ def task_names() -> set[asyncio.Task[object]]:
     return set(asyncio.all_tasks())
 
 
+async def wait_tasks_gone(before: set[asyncio.Task[Any]], timeout: float = 10) -> None:
+    """Wait until no task is left but those of ``before`` (and this one); else fail."""
+    current = asyncio.current_task()
+
+    def left() -> set[asyncio.Task[Any]]:
+        return set(asyncio.all_tasks()) - before - {current}
+
+    try:
+        await wait_until(lambda: not left(), timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"tasks left behind: {left()}") from None
+
+
 @pytest.fixture
 async def no_task_leaks() -> AsyncIterator[None]:
     """Fail the test if it leaves a task behind (DESIGN.md I3)."""
     before = set(asyncio.all_tasks())
     yield
-    current = asyncio.current_task()
-
-    def settled() -> bool:
-        return not (set(asyncio.all_tasks()) - before - {current})
-
-    try:
-        await wait_until(settled, timeout=5)
-    except AssertionError:
-        left = set(asyncio.all_tasks()) - before - {current}
-        raise AssertionError(f"tasks left behind: {left}") from None
+    await wait_tasks_gone(before, timeout=5)

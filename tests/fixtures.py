@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import wait_tasks_gone, wait_until
 from tests.redis_server import RedisServer
 from tests.system import Api, Worker, make_settings, running_api, running_worker
 
@@ -30,15 +30,7 @@ async def no_system_leaks(redis_server: RedisServer) -> AsyncIterator[None]:
     """Fail the test if it leaves a runstream connection or a task behind."""
     before = set(asyncio.all_tasks())
     yield
-    current = asyncio.current_task()
-
-    def tasks_left() -> set[asyncio.Task[Any]]:
-        return set(asyncio.all_tasks()) - before - {current}
-
-    try:
-        await wait_until(lambda: not tasks_left(), timeout=10)
-    except AssertionError:
-        raise AssertionError(f"tasks left behind: {tasks_left()}") from None
+    await wait_tasks_gone(before)
     if redis_server.process is None or redis_server.process.poll() is not None:
         return  # the test stopped the server: there is no connection left to count
     try:

@@ -30,7 +30,8 @@ METRICS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 _GAUGES: Final = {
     "runstream_redis_pool_in_use": "Command connections lent out.",
     "runstream_redis_pool_idle": "Command connections idle in the pool.",
-    "runstream_redis_pool_max": "The command pool's bound.",
+    "runstream_redis_pool_max": "The command pool's bound (on a cluster, per node).",
+    "runstream_redis_node_connections": "Command connections on the node that holds most.",
     "runstream_pubsub_connected": "1 while live delivery works.",
     "runstream_pubsub_connections": "Pub/sub connections held (a cluster: one per master in use).",
     "runstream_pubsub_channels": "Channels subscribed on the shared connection.",
@@ -87,6 +88,7 @@ class ProcessCollector(Collector):
                 "runstream_redis_pool_in_use": pool.in_use,
                 "runstream_redis_pool_idle": pool.idle,
                 "runstream_redis_pool_max": pool.max,
+                "runstream_redis_node_connections": pool.on_busiest_node,
                 "runstream_pubsub_connected": int(hub.connected),
                 "runstream_pubsub_connections": hub.connections,
                 "runstream_pubsub_channels": hub.channels,

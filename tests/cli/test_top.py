@@ -4,13 +4,16 @@ its connections by purpose against the budget, runs, streams, and what is wrong.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis
+from rich.console import Console
 
+from runstream.cli.top import ProcessRow, Snapshot, render
 from tests.api.streaming import start
 from tests.cli import cli_env, run_cli
 from tests.redis_server import RedisServer
@@ -69,3 +72,21 @@ async def test_top_flags_processes_over_budget_and_unnamed_connections(
             connection.close()
     assert process(snap, "api", "leaky")["over_budget"] == ["pubsub"]
     assert snap["unnamed_connections"] >= 1
+
+
+def test_the_live_view_shows_the_busiest_nodes_count_against_the_budget() -> None:
+    row = ProcessRow(
+        "api",
+        "api1",
+        {"cmd": 16, "pubsub": 2},
+        [],
+        per_node={"n1:1": {"cmd": 8, "pubsub": 1}, "n2:2": {"cmd": 8, "pubsub": 1}},
+    )
+    budget = {"cmd": 8, "pubsub": 1, "queue": 4}
+    nodes = {"n1:1": "master", "n2:2": "master"}
+    snap = Snapshot(datetime.now(UTC), [row], 0, 0, 0, budget, nodes=nodes)
+    console = Console(width=200, record=True)
+    console.print(render(snap))
+    text = console.export_text()
+    assert "8/8" in text and "1/1" in text and "16/8" not in text
+    assert "on 2 nodes" in text

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from runstream.config import Settings
-from tests.conftest import wait_until
+from tests.conftest import wait_tasks_gone, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.system import make_settings
 
@@ -39,15 +39,7 @@ async def no_cluster_leaks(redis_cluster: RedisCluster) -> AsyncIterator[None]:
     redis_cluster.wait_formed()
     before = set(asyncio.all_tasks())
     yield
-    current = asyncio.current_task()
-
-    def tasks_left() -> set[asyncio.Task[Any]]:
-        return set(asyncio.all_tasks()) - before - {current}
-
-    try:
-        await wait_until(lambda: not tasks_left(), timeout=10)
-    except AssertionError:
-        raise AssertionError(f"tasks left behind: {tasks_left()}") from None
+    await wait_tasks_gone(before)
 
     def connections_left() -> dict[int, list[str]]:
         return {port: names for port, names in redis_cluster.client_names().items() if names}

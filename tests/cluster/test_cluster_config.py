@@ -38,3 +38,10 @@ def test_cluster_mode_against_a_standalone_redis_is_one_line_from_the_cli(
 def test_a_unix_socket_cannot_name_a_cluster() -> None:
     with pytest.raises(ConfigError, match="RUNSTREAM_REDIS_CLUSTER needs"):
         make_settings("unix:///tmp/redis.sock", "sqlite:///x.db", redis_cluster=True)
+
+
+def test_dev_in_cluster_mode_needs_a_cluster_url() -> None:
+    result = run_cli("dev", env=cli_env(RUNSTREAM_REDIS_CLUSTER="1"), timeout=30)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "needs RUNSTREAM_REDIS_URL" in lines[0], result.stderr

@@ -18,6 +18,7 @@ from tests.cluster.conftest import MakeSettings
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 from tests.system import running_api, running_worker
+from tests.worker.test_observe import sample
 
 EVENTS = 20
 
@@ -68,7 +69,11 @@ async def many_readers(
         hub = api.resources.hub
         assert isinstance(hub, ShardedHub)
         links = hub.links()
-        assert hub.stats().connections == len(links)  # runstream_pubsub_connections
+        metrics = (await client.get("/metrics")).text
+        gauge = sample(metrics, "runstream_pubsub_connections", role="api", instance="api1")
+        assert gauge == len(links), metrics
+        busiest = sample(metrics, "runstream_redis_node_connections", role="api", instance="api1")
+        assert busiest is not None and 1 <= busiest <= 8  # the alert's side of the budget
         streams = await asyncio.gather(*readers)
     return held, links, owners, streams
 

@@ -29,6 +29,7 @@ from runstream.cli.signals import Interrupts, handle_signals
 from runstream.cli.worker import still_winding_down
 from runstream.client.http import DEFAULT_API_URL
 from runstream.config import load_settings, redact_url
+from runstream.errors import ConfigError
 from runstream.worker.process import run_worker
 
 if TYPE_CHECKING:
@@ -55,6 +56,11 @@ def run_dev(host: str, port: int, console: Console) -> None:
     redis-server is stopped on every path, after the API and the worker.
     """
     base = load_settings()  # a bad environment fails here, before anything starts
+    if base.redis_cluster and not os.environ.get("RUNSTREAM_REDIS_URL"):
+        raise ConfigError(
+            "RUNSTREAM_REDIS_CLUSTER needs RUNSTREAM_REDIS_URL to name a cluster node "
+            "(runstream dev starts a standalone Redis only when no URL is set)"
+        )
     load_registry(base.agents)  # and so does an agent that cannot be imported
     check_bind(host, base)
     with dev_redis() as redis:

@@ -268,7 +268,10 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 def render(snapshot: Snapshot) -> Group:
     """The live view: one row per process, then the runs."""
     budget = snapshot.budget
-    table = Table(title=f"runstream processes at {snapshot.taken_at:%H:%M:%S} UTC")
+    where = (
+        f" on {len(snapshot.nodes)} nodes (busiest node shown)" if len(snapshot.nodes) > 1 else ""
+    )
+    table = Table(title=f"runstream processes at {snapshot.taken_at:%H:%M:%S} UTC{where}")
     for column in ("role", "instance", "cmd", "pubsub", "queue", "other", "total"):
         table.add_column(column, justify="right" if column not in ("role", "instance") else "left")
     table.add_column("streams", justify="right")
@@ -277,10 +280,15 @@ def render(snapshot: Snapshot) -> Group:
         style = "bold red" if row.over_budget else ""
         counts = row.connections
         other = sum(n for p, n in counts.items() if p not in budget)
+        # The budget is per node: on a cluster, show the busiest node's count against it.
+        busiest = {
+            p: max((c.get(p, 0) for c in row.per_node.values()), default=counts.get(p, 0))
+            for p in ("cmd", "pubsub", "queue")
+        }
         cells = [
             row.role,
             row.instance,
-            *(f"{counts.get(p, 0)}/{budget[p]}" for p in ("cmd", "pubsub", "queue")),
+            *(f"{busiest[p]}/{budget[p]}" for p in ("cmd", "pubsub", "queue")),
             str(other),
             str(row.total),
             "" if row.streams is None else f"{row.streams:g}",

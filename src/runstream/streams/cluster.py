@@ -98,13 +98,14 @@ def client_stats(client: CommandClient) -> PoolStats:
     (``max`` is then the budget per node)."""
     if not isinstance(client, RedisCluster):
         return pool_stats(client.connection_pool)
-    in_use = idle = 0
+    in_use = idle = busiest = 0
     for node in _nodes(client):
         free = len(node._free)
         idle += free
         in_use += len(node._connections) - free
+        busiest = max(busiest, len(node._connections))
     limit: int = client.connection_kwargs.get("max_connections", 100)
-    return PoolStats(in_use=in_use, idle=idle, max=limit)
+    return PoolStats(in_use=in_use, idle=idle, max=limit, on_busiest_node=busiest)
 
 
 def primary_for(client: RedisCluster, key: str) -> ClusterNode:

@@ -89,14 +89,15 @@ class PoolStats:
     in_use: int
     idle: int
     max: int
+    on_busiest_node: int = 0  # held on the node with most (a cluster: the budget is per node)
 
 
 def pool_stats(pool: ConnectionPool) -> PoolStats:
     """Read a redis-py pool's counters (they are not public API, so this is the one reader)."""
+    in_use = len(pool._in_use_connections)
+    idle = len(pool._available_connections)
     return PoolStats(
-        in_use=len(pool._in_use_connections),
-        idle=len(pool._available_connections),
-        max=pool.max_connections,
+        in_use=in_use, idle=idle, max=pool.max_connections, on_busiest_node=in_use + idle
     )
 
 

@@ -36,7 +36,8 @@ from runstream.streams.pubsub.hub import Decoder, HubStats, PubSubHub, Subscript
 log = structlog.get_logger(__name__)
 
 REBALANCE_PAUSE_S = 0.1
-"""Least time between two rebalances: a burst of drops costs one slot-map read."""
+"""Least time between two rebalances: a burst of drops costs one slot-map read (doubled
+after each failed read, up to 2 s)."""
 
 
 @dataclass
@@ -205,6 +206,7 @@ class ShardedHub:
     # -- following the cluster ---------------------------------------------------------
 
     async def _rebalance_forever(self) -> None:
+        failures = 0
         while not self._closing:
             try:
                 async with asyncio.timeout(self._refresh_s):
@@ -217,11 +219,14 @@ class ShardedHub:
                 if troubled or await slot_map_moved(self._cluster, self._where):
                     await self._rebalance()
                 await self._close_idle_links()
+                failures = 0 if self._topology_ok else failures + 1
             except Exception as exc:  # the rebalancer must outlive any cluster state
                 log.warning("pubsub rebalance failed; retrying", error=describe(exc))
                 self._topology_ok = False
                 self._trouble.set()
-            await asyncio.sleep(REBALANCE_PAUSE_S)
+                failures += 1
+            # Back off while the cluster cannot be read (an outage), up to 2 s.
+            await asyncio.sleep(min(2.0, REBALANCE_PAUSE_S * 2 ** min(failures, 5)))
 
     async def _rebalance(self) -> None:
         """Read the slot map; move every channel whose master changed to its new link."""
