@@ -9,10 +9,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 _BODY = b'{"error":{"code":"unavailable","message":"proxy says: later!"}}'
-UNAVAILABLE = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY)
-)
+
+
+def unavailable(retry_after: int | None) -> bytes:
+    """The proxy's own 503, with ``Retry-After`` when given."""
+    header = b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n%s"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (header, len(_BODY), _BODY)
+    )
 
 
 @dataclass
@@ -20,6 +25,7 @@ class CuttingProxy:
     upstream_port: int
     cut_after_bytes: int
     refuse_first: int = 0
+    retry_after: int | None = None
     connections: int = 0
     cuts: int = 0
     url: str = ""
@@ -28,7 +34,7 @@ class CuttingProxy:
         self.connections += 1
         if self.connections <= self.refuse_first:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(UNAVAILABLE)
+            writer.write(unavailable(self.retry_after))
             await writer.drain()
             writer.close()
             return
@@ -65,10 +71,14 @@ class CuttingProxy:
 
 @contextlib.asynccontextmanager
 async def cutting_proxy(
-    upstream_url: str, *, cut_after_bytes: int, refuse_first: int = 0
+    upstream_url: str,
+    *,
+    cut_after_bytes: int,
+    refuse_first: int = 0,
+    retry_after: int | None = None,
 ) -> AsyncIterator[CuttingProxy]:
     port = int(upstream_url.rsplit(":", 1)[1])
-    proxy = CuttingProxy(port, cut_after_bytes, refuse_first)
+    proxy = CuttingProxy(port, cut_after_bytes, refuse_first, retry_after)
     server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
     proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:

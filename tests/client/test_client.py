@@ -80,6 +80,20 @@ async def test_follow_yields_every_event_once_and_ends_after_the_terminal_one(ap
         assert await collect(client.follow(run.id, after=32)) == []  # 204: already over
 
 
+async def test_follow_waits_the_retry_after_a_503_asks_for(api: Api) -> None:
+    async with Client(api.url) as direct:
+        run = await direct.create("scripted", {"count": 3, "interval_ms": 10})
+    delays: list[float] = []
+    async with cutting_proxy(
+        api.url, cut_after_bytes=10**9, refuse_first=1, retry_after=2
+    ) as proxy:
+        async with Client(proxy.url) as client:
+            hook = lambda reason, attempt, delay: delays.append(delay)  # noqa: E731
+            events = await asyncio.wait_for(collect(client.follow(run.id, on_retry=hook)), 30)
+    assert events[-1].data["status"] == "completed"
+    assert delays == [2.0]  # the backoff alone would have waited 0.1 s
+
+
 async def test_follow_resumes_through_a_proxy_that_cuts_every_few_events(api: Api) -> None:
     async with Client(api.url) as direct:
         run = await direct.create("scripted", {"count": 60, "interval_ms": 10})

@@ -35,6 +35,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential,
 )
+from tenacity.wait import wait_base
 
 from runstream.client.events import StreamEvent, parse_event
 from runstream.client.http import (
@@ -42,6 +43,8 @@ from runstream.client.http import (
     REQUEST_TIMEOUT_S,
     STREAM_READ_TIMEOUT_S,
     ApiUnreachable,
+    RateLimited,
+    Unavailable,
     api_error,
     transport_errors,
 )
@@ -93,7 +96,30 @@ class Run:
 
 
 class _Dropped(Exception):
-    """A stream connection that ended, or failed, before a new event: try again."""
+    """A stream connection that ended, or failed, before a new event: try again (not
+    before ``retry_after_s``, when the API asked for that)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+MAX_RETRY_AFTER_S: Final = 60.0
+"""The longest ``Retry-After`` a follower honours (a wrong header cannot park it)."""
+
+
+def _backoff_or_retry_after(backoff: wait_base) -> Callable[[RetryCallState], float]:
+    """The backoff, or the API's ``Retry-After`` when it is longer."""
+
+    def wait(state: RetryCallState) -> float:
+        delay = backoff(state)
+        error = state.outcome.exception() if state.outcome is not None else None
+        asked = getattr(error, "retry_after_s", None)
+        if isinstance(asked, int | float) and asked > 0:
+            delay = max(delay, min(float(asked), MAX_RETRY_AFTER_S))
+        return delay
+
+    return wait
 
 
 class Client:
@@ -222,7 +248,7 @@ class Client:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Dropped),
-            wait=wait_exponential(multiplier=0.1, max=5.0),
+            wait=_backoff_or_retry_after(wait_exponential(multiplier=0.1, max=5.0)),
             stop=stop_after_attempt(self._reconnects),
             before_sleep=before_sleep,
             reraise=True,
@@ -254,8 +280,8 @@ class Client:
             if not response.is_success:
                 await response.aread()
                 error = api_error(response)
-                if error.status >= 500 or error.status == 429:
-                    raise _Dropped(str(error))
+                if isinstance(error, RateLimited | Unavailable):
+                    raise _Dropped(str(error), error.retry_after_s)
                 raise error
             messages = source.aiter_sse()
             first = await _next_event(messages)

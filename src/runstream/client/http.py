@@ -61,7 +61,10 @@ class RateLimited(ApiError):
 
 
 class Unavailable(ApiError):
-    """5xx: the API or a backend behind it cannot serve the call now; try again."""
+    """5xx: the API or a backend behind it cannot serve the call now; try again
+    (after ``retry_after_s`` when the API said so)."""
+
+    retry_after_s: float | None = None
 
 
 _BY_STATUS: Final[dict[int, type[ApiError]]] = {
@@ -134,7 +137,7 @@ def api_error(response: httpx.Response) -> ApiError:
     status = response.status_code
     kind = Unavailable if status >= 500 else _BY_STATUS.get(status, ApiError)
     error = kind(status, code, message)
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         with contextlib.suppress(KeyError, ValueError):
             error.retry_after_s = float(response.headers["Retry-After"])
     return error
