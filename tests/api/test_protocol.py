@@ -9,9 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
+from runstream.api.app import close_streams
 from tests.api.checks import assert_error
 from tests.api.streaming import read_stream, start
-from tests.system import make_settings, running_api
+from tests.conftest import wait_until
+from tests.system import Api, make_settings, running_api
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -137,3 +139,21 @@ async def test_stream_max_s_ends_long_streams_with_their_cursor(
         await client.post(f"/runs/{run_id}/stop")
         resumed = await read_stream(short, run_id, last_event_id=ids[-1])
         assert [e["data"]["status"] for e in resumed] == ["stopped"]
+
+
+async def test_a_shutdown_ends_a_long_poll_at_once_with_an_empty_page(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    run_id = await start(client, "scripted", count=0, hang=True)
+    first = (await client.get(f"/runs/{run_id}/events", params={"wait": 5})).json()
+    waiting = asyncio.create_task(
+        client.get(f"/runs/{run_id}/events", params={"after": first["next_after"], "wait": 30})
+    )
+    app: Any = api.server.config.app
+    streams = app.state.open_streams
+    await wait_until(lambda: bool(streams._deadlines), timeout=10)  # the poll is waiting
+    close_streams(app)
+    async with asyncio.timeout(5):  # not the 30 s the poll asked for
+        page = (await waiting).json()
+    assert page == {"events": [], "next_after": first["next_after"], "closed": False}
+    await client.post(f"/runs/{run_id}/stop")

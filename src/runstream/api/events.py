@@ -1,7 +1,8 @@
 """``GET /runs/{id}/events``: the run's log as JSON pages, for clients that cannot hold
 an event stream. ``wait`` long-polls: with nothing after the cursor yet, the request
 waits up to ``wait`` seconds (at most 30) for the next events, through the same shared
-subscription and reads as a stream, and holds a stream lease meanwhile."""
+subscription and reads as a stream, and holds a stream lease meanwhile. A shutdown ends
+the wait at once with an empty page, as it ends streams."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Query
 from runstream.api.deps import ApiState, Principal, RunId, State
 from runstream.api.schemas import EventsPage, errors, ok
 from runstream.api.stream import AFTER_PATTERN, parse_start, resolve_start
-from runstream.concurrency import finish_shielded
+from runstream.concurrency import ended_by_deadline, finish_shielded
 from runstream.streams.follow import follow_batches
 from runstream.streams.frames import Frame
 
@@ -62,12 +63,16 @@ async def _page(
     ``limit``, and whether the run's terminal event is in it or behind the cursor."""
     res = state.resources
     batches = follow_batches(run_id, cursor, res.sources(), poll_s=max(wait, 0.001), idle=True)
-    async with contextlib.aclosing(batches) as it:
-        try:
-            batch = await anext(it)
-        except StopAsyncIteration:
-            return [], True  # nothing after the cursor, and the run is over
+    batch: list[Frame] | None = None
+    # A server that starts shutting down ends the wait at once, as it ends streams: the
+    # page is empty and the client polls again, on another process.
+    async with contextlib.aclosing(batches) as it, ended_by_deadline() as deadline:
+        with state.streams.track(deadline):
+            try:
+                batch = await anext(it)
+            except StopAsyncIteration:
+                return [], True  # nothing after the cursor, and the run is over
     if batch is None:
-        return [], False  # nothing came within ``wait``
+        return [], False  # nothing came within ``wait`` (or the server is shutting down)
     page = batch[:limit]
     return page, page[-1].terminal
