@@ -15,7 +15,7 @@ from redis.cluster import key_slot
 from runstream.errors import TooManyConnections
 from runstream.models import build_event
 from runstream.streams import keys
-from runstream.streams.cluster import open_cluster
+from runstream.streams.cluster import open_cluster, slot_map_moved
 from runstream.streams.connection import RedisErrors
 from runstream.streams.eventlog import REFUSED, EventLog, Fence
 from tests.redis_cluster import RedisCluster
@@ -98,3 +98,18 @@ async def test_a_cluster_budget_held_too_long_is_too_many_connections(
         with pytest.raises(TooManyConnections), ERRORS:
             await client.get("short:b")
         await slow
+
+
+async def test_a_key_placed_off_its_master_counts_as_moved_even_with_a_fresh_cache(
+    redis_cluster: RedisCluster, cluster_client: AsyncRedisCluster
+) -> None:
+    # The client's slot cache is current (a MOVED answer refreshes it); what matters is
+    # where the caller placed the key, e.g. the node a sharded subscription sits on.
+    await cluster_client.ping()
+    channel = keys.run_notify("placed-run")
+    owner = f"127.0.0.1:{redis_cluster.owner(channel).port}"
+    other = next(
+        f"127.0.0.1:{m.port}" for m in redis_cluster.masters() if m.port != int(owner.split(":")[1])
+    )
+    assert await slot_map_moved(cluster_client, {channel: owner}) is False
+    assert await slot_map_moved(cluster_client, {channel: other}) is True

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -126,16 +126,19 @@ async def refresh_topology(client: RedisCluster) -> None:
     await _share_startup_nodes(client)
 
 
-async def slot_map_moved(client: RedisCluster, keys: Iterable[str]) -> bool:
-    """Whether, by the cluster's slot map now, any of ``keys`` has another master than
-    the client's map says: one CLUSTER SLOTS, no reconnect."""
+async def slot_map_moved(client: RedisCluster, placed: Mapping[str, str]) -> bool:
+    """Whether, by the cluster's slot map now, any key of ``placed`` (key -> the node,
+    ``host:port``, that serves it for the caller) has another master: one CLUSTER SLOTS,
+    no reconnect.
+
+    Compared with where the caller placed each key, not with the client's slot cache: a
+    command answered MOVED updates that cache without moving the caller's keys."""
     answer: Any = await client.cluster_slots()  # {(first, last): {"primary": (host, port)}}
     ranges: dict[tuple[int, int], dict[str, Any]] = answer
-    for key in keys:
+    for key, node in placed.items():
         slot = client.keyslot(key)
         owner = next((r["primary"] for (lo, hi), r in ranges.items() if lo <= slot <= hi), None)
-        known = client.nodes_manager.slots_cache.get(slot)
-        if owner is None or not known or known[0].name != f"{owner[0]}:{owner[1]}":
+        if owner is None or node != f"{owner[0]}:{owner[1]}":
             return True
     return False
 

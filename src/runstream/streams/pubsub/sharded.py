@@ -42,6 +42,7 @@ after each failed read, up to 2 s)."""
 
 @dataclass
 class _Link:
+    name: str  # the node, host:port
     hub: PubSubHub
     task: asyncio.Task[None]
     empty_since: float | None = None
@@ -161,6 +162,9 @@ class ShardedHub:
 
     # -- placement --------------------------------------------------------------------
 
+    def _placed(self) -> dict[str, str]:
+        return {channel: link.name for channel, link in self._where.items()}
+
     def _place(self, channel: str) -> _Link:
         try:
             node = primary_for(self._cluster, channel)
@@ -183,7 +187,7 @@ class ShardedHub:
         )
         # A task of the hub's own TaskGroup: it ends when the link closes or the hub does.
         task = self._tasks.create_task(hub._run(), name=f"runstream-pubsub-{name}")
-        link = self._links[name] = _Link(hub, task)
+        link = self._links[name] = _Link(name, hub, task)
         return link
 
     async def _wait_confirmed(self, channel: str) -> None:
@@ -216,7 +220,7 @@ class ShardedHub:
             troubled = self._trouble.is_set()
             self._trouble.clear()
             try:
-                if troubled or await slot_map_moved(self._cluster, self._where):
+                if troubled or await slot_map_moved(self._cluster, self._placed()):
                     await self._rebalance()
                 await self._close_idle_links()
                 failures = 0 if self._topology_ok else failures + 1
