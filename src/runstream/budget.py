@@ -1,8 +1,7 @@
 """An exhausted connection budget, recognised and reported the same way by every adapter.
 
-redis-py, coredis, the Redis server and SQLAlchemy each word "no connection left" their
-own way. Whichever adapter meets one (``streams.connection``, ``queue``, ``store``)
-turns it into :class:`~runstream.errors.TooManyConnections` here, so it is always
+redis-py, the Redis server and SQLAlchemy each word "no connection left" their own way.
+Whichever adapter meets one (``streams.connection``, ``store``) turns it into :class:`~runstream.errors.TooManyConnections` here, so it is always
 logged as "Too many connections" with the role and instance, and always counted in
 ``runstream_too_many_connections_total``.
 """
@@ -36,7 +35,7 @@ def is_budget_message(text: str) -> bool:
 def budget_exhausted(message: str, *, role: str, instance: str, backend: str) -> TooManyConnections:
     """Log and count an exhausted budget; return the exception (saying ``message``) to raise.
 
-    ``backend`` says whose budget it was (``redis``, ``pubsub``, ``queue``, ``database``).
+    ``backend`` says whose budget it was (``redis``, ``pubsub``, ``database``).
     """
     TOO_MANY_CONNECTIONS.labels(role, instance).inc()
     log.error("Too many connections", role=role, instance=instance, backend=backend, cause=message)

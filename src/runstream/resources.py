@@ -100,7 +100,7 @@ async def open_resources(settings: Settings, *, role: str) -> AsyncIterator[Reso
         store = await stack.enter_async_context(
             open_store(settings.database_url, role=role, instance=settings.instance)
         )
-        queue = await stack.enter_async_context(open_queue(settings, role=role))
+        queue = await stack.enter_async_context(open_queue(settings, role=role, redis=redis))
         errors = RedisErrors(role=role, instance=settings.instance)
         log = EventLog(redis, ttl_s=settings.event_ttl_s, errors=errors)
         # Followers' reads and stream opens wait here, below the pool, for as long as their

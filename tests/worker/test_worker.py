@@ -11,6 +11,7 @@ import pytest
 from runstream.metrics import REGISTRY
 from runstream.models import RunStatus, utcnow
 from runstream.queue import open_queue
+from runstream.resources import open_commands
 from runstream.store.database import open_store
 from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
@@ -65,7 +66,11 @@ async def test_run_delivered_twice_executes_once(
 ) -> None:
     settings = make_settings(redis_url, sqlite_url, instance="w")
     run_id = await start(client, "scripted", count=3)
-    async with open_queue(make_settings(redis_url, sqlite_url, instance="extra"), role="api") as q:
+    extra = make_settings(redis_url, sqlite_url, instance="extra")
+    async with (
+        open_commands(extra, role="api") as redis,
+        open_queue(extra, role="api", redis=redis) as q,
+    ):
         for _ in range(3):
             await q.enqueue(run_id)
     async with (

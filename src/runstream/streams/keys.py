@@ -7,6 +7,8 @@ keys in one slot (the append script touches several of them at once).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 PREFIX = "runstream"
 
 
@@ -80,3 +82,45 @@ def queue_prefix(queue_name: str, *, cluster: bool = False) -> str:
     if cluster:
         return f"{PREFIX}:queue:{{{queue_name}}}"
     return f"{PREFIX}:queue:{queue_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys streaq's ``publish_task`` function touches, in its order, for the one
+    priority runstream uses (``normal``)."""
+
+    stream: str
+    delayed: str
+    task_prefix: str
+    dependents: str
+    dependencies: str
+    results: str
+
+    def for_task(self, task_id: str) -> list[str]:
+        """FCALL's keys for a task: the stream, the delayed set, the task's data key and
+        the three prefixes streaq's script appends task ids to."""
+        return [
+            self.stream,
+            self.delayed,
+            self.task_prefix + task_id,
+            self.dependents,
+            self.dependencies,
+            self.results,
+        ]
+
+
+def queue_keys(queue_name: str, *, cluster: bool = False) -> QueueKeys:
+    """Where streaq keeps a queue's tasks (streaq 7.2's layout: ``streaq:<queue>:...``).
+
+    The API enqueues with streaq's own Lua function over redis-py, without loading streaq,
+    so this layout is the wire format the two share; tests/queue checks it against
+    streaq's."""
+    base = f"streaq:{queue_prefix(queue_name, cluster=cluster)}"
+    return QueueKeys(
+        stream=f"{base}:queues:normal",
+        delayed=f"{base}:queues:delayed:normal",
+        task_prefix=f"{base}:task:data:",
+        dependents=f"{base}:task:dependents:",
+        dependencies=f"{base}:task:dependencies:",
+        results=f"{base}:task:results:",
+    )
