@@ -1,8 +1,9 @@
 """An exhausted connection budget, recognised and reported the same way by every adapter.
 
 redis-py, the Redis server and SQLAlchemy each word "no connection left" their own way.
-Whichever adapter meets one (``streams.connection``, ``store``) turns it into :class:`~runstream.errors.TooManyConnections` here, so it is always
-logged as "Too many connections" with the role and instance, and always counted in
+Whichever adapter meets one (``streams.connection``, ``store``) turns it into
+:class:`~runstream.errors.TooManyConnections` here, so it is always logged as "Too many
+connections" with the role and instance, and always counted in
 ``runstream_too_many_connections_total``.
 """
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from runstream.concurrency import finish_shielded
 from runstream.errors import BackendUnavailable
@@ -59,9 +59,7 @@ async def open_store(
                 await _use_wal(engine)
             async with engine.begin() as connection:
                 await create_schema(connection)
-        yield RunStore(
-            async_sessionmaker(engine, expire_on_commit=False), role=role, instance=instance
-        )
+        yield RunStore(engine, role=role, instance=instance)
     finally:
         await finish_shielded(engine.dispose(), within_s=DISPOSE_TIMEOUT_S)
 

@@ -1,8 +1,10 @@
 """RunStore: every SQL statement runstream sends, and nowhere else.
 
-Each method is one short transaction of its own. State changes are single conditional
-``UPDATE ... WHERE status IN (...) RETURNING`` statements, so two processes racing on
-the same run cannot both win. Datetimes go in and come out timezone-aware UTC.
+Each method is one short transaction of its own, in SQLAlchemy Core over a pooled
+connection: the ORM's session, unit of work and row loading bought nothing here and
+showed in a worker's profile. State changes are single conditional
+``UPDATE ... WHERE status IN (...) RETURNING`` statements, so two processes racing on the
+same run cannot both win. Datetimes go in and come out timezone-aware UTC.
 Connection failures leave as :class:`~runstream.errors.BackendUnavailable`, translated
 in one place, :func:`database_errors`.
 """
@@ -13,10 +15,10 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, exc, func, or_, select, text, update
+from sqlalchemy import RowMapping, and_, delete, exc, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runstream.budget import budget_exhausted
 from runstream.errors import BackendUnavailable, TooManyConnections
@@ -24,7 +26,10 @@ from runstream.models import PAGE_BYTES, Event, Run, RunStatus
 from runstream.store.tables import EventRow, RunRow, metadata
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+
+RUNS = metadata.tables[RunRow.__tablename__]
+EVENTS = metadata.tables[EventRow.__tablename__]
 
 ARCHIVE_BATCH = 500
 """Events per INSERT when archiving: far below SQLite's and asyncpg's parameter limits."""
@@ -126,37 +131,30 @@ async def create_schema(connection: AsyncConnection) -> None:
 
 
 class RunStore:
-    """Run records and archived events, over an async SQLAlchemy sessionmaker."""
+    """Run records and archived events, over an async SQLAlchemy engine."""
 
     def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        *,
-        role: str = "unknown",
-        instance: str = "unknown",
+        self, engine: AsyncEngine, *, role: str = "unknown", instance: str = "unknown"
     ) -> None:
-        self._sessionmaker = sessionmaker
+        self._engine = engine
         self._role = role
         self._instance = instance
 
     @property
     def engine(self) -> AsyncEngine:
-        """The engine the sessions are bound to (for pool introspection and tests)."""
-        bind = self._sessionmaker.kw.get("bind")
-        if not isinstance(bind, AsyncEngine):
-            raise RuntimeError("RunStore's sessionmaker is not bound to an AsyncEngine")
-        return bind
+        """The engine the store uses (for pool introspection and tests)."""
+        return self._engine
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         with database_errors(role=self._role, instance=self._instance):
-            async with self._sessionmaker() as session, session.begin():
-                yield session
+            async with self._engine.begin() as connection:
+                yield connection
 
     async def ping(self) -> None:
         """Check the database answers; raises BackendUnavailable when it does not."""
-        async with self._transaction() as session:
-            await session.execute(text("SELECT 1"))
+        async with self._transaction() as connection:
+            await connection.execute(text("SELECT 1"))
 
     async def create_run(
         self,
@@ -180,23 +178,25 @@ class RunStore:
             existing = await self._by_idempotency_key(principal, idempotency_key)
             if existing is not None:
                 return existing, False
-        row = RunRow(
-            id=run_id,
-            principal=principal,
-            agent=agent,
-            status=RunStatus.QUEUED.value,
-            input=input,
-            thread_id=thread_id,
-            meta=metadata,
-            idempotency_key=idempotency_key,
-            created_at=_to_utc(created_at),
-            last_seq=0,
-        )
+        row = {
+            "id": run_id,
+            "principal": principal,
+            "agent": agent,
+            "status": RunStatus.QUEUED.value,
+            "input": input,
+            "thread_id": thread_id,
+            "metadata": metadata,
+            "idempotency_key": idempotency_key,
+            "created_at": _to_utc(created_at),
+            "started_at": None,
+            "completed_at": None,
+            "error": None,
+            "last_seq": 0,
+        }
         try:
-            async with self._transaction() as session:
-                session.add(row)
-                await session.flush()
-                return _to_run(row), True
+            async with self._transaction() as connection:
+                await connection.execute(insert(RUNS), row)
+            return _to_run(row), True
         except exc.IntegrityError:
             # A concurrent request with the same key inserted first: its run is the answer.
             if idempotency_key is None:
@@ -211,18 +211,18 @@ class RunStore:
         return await self._by_idempotency_key(principal, key)
 
     async def _by_idempotency_key(self, principal: str, key: str) -> Run | None:
-        query = select(RunRow).where(RunRow.principal == principal, RunRow.idempotency_key == key)
-        async with self._transaction() as session:
-            row = await session.scalar(query)
+        query = select(RUNS).where(RUNS.c.principal == principal, RUNS.c.idempotency_key == key)
+        async with self._transaction() as connection:
+            row = (await connection.execute(query)).mappings().first()
             return None if row is None else _to_run(row)
 
     async def get_run(self, run_id: str, principal: str | None = None) -> Run | None:
         """The run, or None if it does not exist or (given ``principal``) is not theirs."""
-        query = select(RunRow).where(RunRow.id == run_id)
+        query = select(RUNS).where(RUNS.c.id == run_id)
         if principal is not None:
-            query = query.where(RunRow.principal == principal)
-        async with self._transaction() as session:
-            row = await session.scalar(query)
+            query = query.where(RUNS.c.principal == principal)
+        async with self._transaction() as connection:
+            row = (await connection.execute(query)).mappings().first()
             return None if row is None else _to_run(row)
 
     async def list_runs(
@@ -241,27 +241,27 @@ class RunStore:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        query = select(RunRow).where(RunRow.principal == principal)
+        query = select(RUNS).where(RUNS.c.principal == principal)
         if status is not None:
-            query = query.where(RunRow.status == status.value)
+            query = query.where(RUNS.c.status == status.value)
         if thread_id is not None:
-            query = query.where(RunRow.thread_id == thread_id)
+            query = query.where(RUNS.c.thread_id == thread_id)
         if before is not None:
             moment, last_id = _to_utc(before[0]), before[1]
             query = query.where(
                 or_(
-                    RunRow.created_at < moment,
-                    and_(RunRow.created_at == moment, RunRow.id < last_id),
+                    RUNS.c.created_at < moment,
+                    and_(RUNS.c.created_at == moment, RUNS.c.id < last_id),
                 )
             )
-        query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
-        async with self._transaction() as session:
-            return [_to_run(row) for row in await session.scalars(query)]
+        query = query.order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc()).limit(limit)
+        async with self._transaction() as connection:
+            return [_to_run(row) for row in (await connection.execute(query)).mappings()]
 
     async def delete_run(self, run_id: str) -> None:
         """Delete a run and its archived events; nothing happens if it does not exist."""
-        async with self._transaction() as session:
-            await session.execute(delete(RunRow).where(RunRow.id == run_id))
+        async with self._transaction() as connection:
+            await connection.execute(delete(RUNS).where(RUNS.c.id == run_id))
 
     async def mark_running(self, run_id: str, started_at: datetime) -> Run | None:
         """Move a queued run to running; None (and no change) if it was not queued."""
@@ -312,15 +312,13 @@ class RunStore:
         # One conditional UPDATE: the status check and the write cannot be interleaved
         # by another process, whatever the isolation level.
         statement = (
-            update(RunRow)
-            .where(RunRow.id == run_id, RunRow.status.in_([s.value for s in from_statuses]))
+            update(RUNS)
+            .where(RUNS.c.id == run_id, RUNS.c.status.in_([s.value for s in from_statuses]))
             .values(**values)
-            .returning(RunRow)
-            # A fresh session has nothing in its identity map to keep in step.
-            .execution_options(synchronize_session=False)
+            .returning(*RUNS.c)
         )
-        async with self._transaction() as session:
-            row = await session.scalar(statement)
+        async with self._transaction() as connection:
+            row = (await connection.execute(statement)).mappings().first()
             return None if row is None else _to_run(row)
 
     async def archive_events(self, run_id: str, events: Sequence[Event]) -> None:
@@ -334,22 +332,22 @@ class RunStore:
                 {"run_id": run_id, "seq": event.seq, "type": event.type, "data": event.data}
                 for event in events[start : start + ARCHIVE_BATCH]
             ]
-            async with self._transaction() as session:
-                await session.execute(_insert_events_ignoring_duplicates(session), rows)
+            async with self._transaction() as connection:
+                await connection.execute(_insert_events_ignoring_duplicates(connection), rows)
 
     async def read_events(self, run_id: str, after: int, limit: int) -> list[Event]:
         """Archived events of a run with ``seq > after``, in ``seq`` order, at most
         ``limit`` and about ``PAGE_BYTES`` (as a log page: see ``is_last_page``)."""
-        size = func.length(EventRow.data)
+        size = func.length(EVENTS.c.data)
         page = (
             select(
-                EventRow.seq,
-                EventRow.type,
-                EventRow.data,
-                (func.sum(size).over(order_by=EventRow.seq) - size).label("before"),
+                EVENTS.c.seq,
+                EVENTS.c.type,
+                EVENTS.c.data,
+                (func.sum(size).over(order_by=EVENTS.c.seq) - size).label("before"),
             )
-            .where(EventRow.run_id == run_id, EventRow.seq > after)
-            .order_by(EventRow.seq)
+            .where(EVENTS.c.run_id == run_id, EVENTS.c.seq > after)
+            .order_by(EVENTS.c.seq)
             .limit(limit)
             .subquery()
         )
@@ -359,10 +357,10 @@ class RunStore:
             .where(page.c.before < PAGE_BYTES)
             .order_by(page.c.seq)
         )
-        async with self._transaction() as session:
+        async with self._transaction() as connection:
             return [
                 Event(seq=seq, type=kind, data=bytes(data))
-                for seq, kind, data in await session.execute(query)
+                for seq, kind, data in await connection.execute(query)
             ]
 
     async def runs_with_status(
@@ -373,20 +371,20 @@ class RunStore:
         limit: int = 500,
     ) -> list[Run]:
         """Runs in ``status``, oldest first, optionally only those created before a time."""
-        query = select(RunRow).where(RunRow.status == status.value)
+        query = select(RUNS).where(RUNS.c.status == status.value)
         if created_before is not None:
-            query = query.where(RunRow.created_at < _to_utc(created_before))
-        query = query.order_by(RunRow.created_at, RunRow.id).limit(limit)
-        async with self._transaction() as session:
-            return [_to_run(row) for row in await session.scalars(query)]
+            query = query.where(RUNS.c.created_at < _to_utc(created_before))
+        query = query.order_by(RUNS.c.created_at, RUNS.c.id).limit(limit)
+        async with self._transaction() as connection:
+            return [_to_run(row) for row in (await connection.execute(query)).mappings()]
 
 
-def _insert_events_ignoring_duplicates(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert_events_ignoring_duplicates(connection: AsyncConnection) -> Any:
+    dialect = connection.dialect.name
     if dialect == "postgresql":
-        return pg_insert(EventRow).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+        return pg_insert(EVENTS).on_conflict_do_nothing(index_elements=["run_id", "seq"])
     if dialect == "sqlite":
-        return sqlite_insert(EventRow).on_conflict_do_nothing(index_elements=["run_id", "seq"])
+        return sqlite_insert(EVENTS).on_conflict_do_nothing(index_elements=["run_id", "seq"])
     raise NotImplementedError(f"archiving events is not implemented for {dialect}")
 
 
@@ -406,20 +404,20 @@ def _from_db(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _to_run(row: RunRow) -> Run:
-    created_at = _from_db(row.created_at)
+def _to_run(row: RowMapping | Mapping[str, Any]) -> Run:
+    created_at = _from_db(row["created_at"])
     assert created_at is not None  # the column is NOT NULL
     return Run(
-        id=row.id,
-        principal=row.principal,
-        agent=row.agent,
-        status=RunStatus(row.status),
-        input=row.input,
-        thread_id=row.thread_id,
-        metadata=row.meta,
+        id=row["id"],
+        principal=row["principal"],
+        agent=row["agent"],
+        status=RunStatus(row["status"]),
+        input=row["input"],
+        thread_id=row["thread_id"],
+        metadata=row["metadata"],
         created_at=created_at,
-        started_at=_from_db(row.started_at),
-        completed_at=_from_db(row.completed_at),
-        error=row.error,
-        last_seq=row.last_seq,
+        started_at=_from_db(row["started_at"]),
+        completed_at=_from_db(row["completed_at"]),
+        error=row["error"],
+        last_seq=row["last_seq"],
     )
