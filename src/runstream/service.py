@@ -378,4 +378,6 @@ class RunService:
         after = 0
         while batch := await self._res.log.read(run_id, after, ARCHIVE_PAGE):
             await self._res.store.archive_events(run_id, batch)
+            if batch[-1].is_terminal:
+                return  # nothing follows the terminal event: no read of an empty page
             after = batch[-1].seq

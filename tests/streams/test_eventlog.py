@@ -133,3 +133,29 @@ async def test_nothing_lands_after_the_terminal_event_even_with_the_lock_gone(
     assert await redis.get(keys.run_lock(run)) is None  # the zombie did not take it back
     assert await log.append(run, [terminal]) == 0  # a retried ending is still a no-op
     assert [e.seq for e in await log.read(run, 0)] == [1, 2]
+
+
+async def command_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+async def test_a_batch_of_appends_is_one_pipeline_without_a_script_check(redis: Redis) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    await log.append("warm", [ev(1)])  # the script is loaded now
+    await redis.config_resetstat()
+    batches = [(f"r{i}", [ev(1), ev(2)], None) for i in range(3)]
+    assert await log.append_many(batches) == [2, 2, 2]
+    calls = await command_calls(redis)
+    # redis-py's own pipeline sends SCRIPT EXISTS before every batch: a second round trip.
+    assert "script|exists" not in calls and "script|load" not in calls, calls
+    assert calls["evalsha"] == 3
+
+
+async def test_a_batch_of_appends_survives_a_flushed_script_cache(redis: Redis) -> None:
+    log = EventLog(redis, ttl_s=60, errors=ERRORS)
+    await log.append("warm", [ev(1)])
+    await redis.script_flush()  # as after a restart: Redis answers NOSCRIPT
+    assert await log.append_many([("r1", [ev(1)], None), ("r2", [ev(1), ev(2)], None)]) == [1, 2]
+    assert [e.seq for e in await log.read("r2", 0)] == [1, 2]
+    assert await log.append_many([("r1", [ev(2)], None)]) == [1]

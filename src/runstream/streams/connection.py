@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runstream.budget import ErrorMap, is_budget_message
@@ -37,19 +37,46 @@ CommandClient = Redis | RedisCluster
 """The process's command client: one Redis, or a Redis Cluster (``streams.cluster``)."""
 
 
-async def pipe_script(
+ScriptCall = tuple[AsyncScript, list[str], list[bytes | str | int]]
+"""One script call for :func:`send_script_calls`: the script, its keys, its arguments."""
+
+
+async def send_script_calls(client: CommandClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Send script calls in one pipelined round trip; their answers, in order.
+
+    redis-py's pipeline checks its scripts with a SCRIPT EXISTS round trip before every
+    send (py-spy: 8 % of a worker's main thread went to that, and each batch of appends
+    cost two round trips). Here the calls go as bare EVALSHA; when Redis answers NOSCRIPT
+    (it restarted and lost its script cache) the scripts are loaded and the pipeline is
+    sent once more, so every script sent this way must be safe to repeat. On a cluster
+    they go as EVAL: redis-py refuses a pipelined EVALSHA there.
+    """
+    for attempt in (1, 2):
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    _queue_call(pipe, script, keys, args)
+                results: list[Any] = await pipe.execute()
+                return results
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            for script in {id(call[0]): call[0] for call in calls}.values():
+                script.sha = await client.script_load(script.script)
+    raise AssertionError("unreachable")
+
+
+def _queue_call(
     pipe: Pipeline | ClusterPipeline,
     script: AsyncScript,
     keys: list[str],
     args: list[bytes | str | int],
 ) -> None:
-    """Queue a script call on a pipeline. On a cluster it goes as EVAL: redis-py refuses a
-    pipelined EVALSHA there; the cluster pipeline sends each node its own commands."""
     if isinstance(pipe, ClusterPipeline):
         body = script.script
         pipe.eval(body if isinstance(body, str) else bytes(body).decode(), len(keys), *keys, *args)
     else:
-        await script(keys=keys, args=args, client=pipe)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def is_budget_error(exc: BaseException) -> bool:

@@ -20,7 +20,12 @@ from redis.asyncio import RedisCluster
 
 from runstream.models import PAGE_BYTES, Event
 from runstream.streams import keys
-from runstream.streams.connection import CommandClient, RedisErrors, pipe_script
+from runstream.streams.connection import (
+    CommandClient,
+    RedisErrors,
+    ScriptCall,
+    send_script_calls,
+)
 
 _APPEND = """
 local last, closed = 0, false
@@ -142,13 +147,13 @@ class EventLog:
         """
         if not any(events for _, events, _ in batches):
             return [0] * len(batches)
+        calls: list[ScriptCall] = [
+            (self._append, self._keys(run_id), self._args(run_id, events, fence))
+            for run_id, events, fence in batches
+            if events
+        ]
         with self._errors:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id, events, fence in batches:
-                    if events:
-                        args = self._args(run_id, events, fence)
-                        await pipe_script(pipe, self._append, self._keys(run_id), args)
-                results: list[int] = await pipe.execute()
+            results: list[int] = await send_script_calls(self._redis, calls)
         answers = iter(results)
         return [next(answers) if events else 0 for _, events, _ in batches]
 

@@ -27,7 +27,12 @@ from runstream.concurrency import helper_task
 from runstream.errors import BackendUnavailable, QuotaExceeded
 from runstream.streams import keys
 from runstream.streams.cluster import client_stats
-from runstream.streams.connection import CommandClient, RedisErrors, pipe_script
+from runstream.streams.connection import (
+    CommandClient,
+    RedisErrors,
+    ScriptCall,
+    send_script_calls,
+)
 
 STREAM_LEASE_S: Final = 30.0
 """How long a stream lease outlives the API process that stopped renewing it."""
@@ -181,9 +186,9 @@ class PrincipalQuotas:
         if not snapshot:
             return
         lease_ms = int(self._stream_lease_s * 1000)
+        calls: list[ScriptCall] = [
+            (self._renew, [keys.principal_streams(principal)], [lease_ms, "XX", *ids])
+            for principal, ids in snapshot
+        ]
         with self._errors:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for principal, ids in snapshot:
-                    args: list[bytes | str | int] = [lease_ms, "XX", *ids]
-                    await pipe_script(pipe, self._renew, [keys.principal_streams(principal)], args)
-                await pipe.execute()
+            await send_script_calls(self._redis, calls)
