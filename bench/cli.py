@@ -2,8 +2,9 @@
 
 Phases, in order: the physical reference (redis-benchmark), the streams phase at each S
 (both implementations), the idle-stream memory phase, the worker throughput phase at each
-R and database. Results go to ``<out>/<timestamp>/``: ``summary.json``, ``table.md``,
-``chart.png`` and ``raw/`` (process logs and per-stream load results).
+R and database, Redis round trips per event at 200 events/s per run, and runstream on
+one node against a cluster. Results go to ``<out>/<timestamp>/``: ``summary.json``,
+``table.md``, ``chart.png`` and ``raw/`` (process logs and per-stream load results).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from bench import machine, pg, report
 from bench.cluster import MASTERS, cluster_phase
 from bench.phases import Options, idle_phase, physical_phase, streams_phase, throughput_phase
 from bench.procs import raise_fd_limit
+from bench.roundtrips import roundtrips_phase
 from bench.systems import IMPLEMENTATIONS, Spec
 
-PHASES = ("physical", "streams", "idle", "throughput", "cluster")
+PHASES = ("physical", "streams", "idle", "throughput", "roundtrips", "cluster")
 QUICK = {
     "streams": "100,1000",
     "runs": "10,100",
@@ -66,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", default="100,1000,5000", help="S values (comma-separated)")
     p.add_argument("--runs", default="10,100,500", help="R values for one worker")
     p.add_argument("--databases", default="sqlite,postgresql")
+    p.add_argument(
+        "--roundtrip-runs", default="1,20,100", help="runs at once for round trips per event"
+    )
     p.add_argument("--idle-streams", default="1000", help="N values for RSS per idle stream")
     p.add_argument(
         "--cluster-streams", default="1000", help="S values for runstream on 1 node vs 3 masters"
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "streams": [],
         "idle": [],
         "throughput": [],
+        "roundtrips": [],
         "cluster": [],
         "skipped": [],
     }
@@ -204,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                     r = _attempt(what, phase)
                     row = {"implementation": impl, "database": database, "runs": count}
                     results["throughput"].append({**row, **r})
+        for count in _ints(args.roundtrip_runs) if "roundtrips" in phases else []:
+            for impl in impls:
+                what = f"round trips: {impl} R={count}"
+                phase = partial(roundtrips_phase, specs[impl], "sqlite", count, opts)
+                r = _attempt(what, phase)
+                results["roundtrips"].append({"implementation": impl, "runs": count, **r})
         for size in _ints(args.cluster_streams) if "cluster" in phases else []:
             what = f"cluster: runstream S={size} on 1 node, then on {MASTERS} masters"
             r = _attempt(what, partial(cluster_phase, specs["runstream"], size, opts))

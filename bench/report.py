@@ -221,6 +221,17 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 2,
             )
         )
+    trips = [t for t in results.get("roundtrips", []) if "runs" in t]
+    for runs, pair in _pair(trips, lambda t: t["runs"]):
+        rows.append(
+            _numeric_rows(
+                "Redis round trips per event, 200 events/s per run",
+                f"{runs} runs at once",
+                pair,
+                _path("round_trips_per_event"),
+                3,
+            )
+        )
     for note in results.get("skipped", []):
         rows.append(("skipped", "", note, "", ""))
     phys = results.get("physical") or {}
@@ -257,7 +268,7 @@ def markdown(results: dict[str, Any]) -> str:
     errors = [
         f"{kind} {item.get('implementation')} {item.get('streams') or item.get('runs')}: "
         f"{item['error']}"
-        for kind in ("streams", "idle", "throughput")
+        for kind in ("streams", "idle", "throughput", "roundtrips")
         for item in results.get(kind, [])
         if item.get("error")
     ]

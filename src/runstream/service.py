@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,9 @@ WORKER_RETRY_S: Final = 30.0
 API_RETRY_S: Final = 2.0
 """How long a request keeps trying before it answers 503 (a client retries itself)."""
 ARCHIVE_PAGE: Final = 500
+KEPT_BYTES: Final = 256 * 1024
+"""The most of a run's event data its writer keeps to archive from memory at the end,
+instead of reading the whole log back from Redis (beyond it, the log is read back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,9 @@ class EventWriter:
     """Appends one run's events with contiguous ``seq``, retrying while Redis is away.
 
     The run's single writer (the worker holding its lock, or whoever ends it) owns one;
-    appends are idempotent by ``seq``, so a retried append never duplicates.
+    appends are idempotent by ``seq``, so a retried append never duplicates. A writer
+    that wrote a run from its first event keeps what it appended (up to
+    :data:`KEPT_BYTES`), so the run is archived without reading its log back.
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class EventWriter:
         self.next_seq = next_seq
         self.fence = fence
         """The run lock this writer holds, if it writes as the run's owner."""
+        # Every event of the run, confirmed appended, while it holds all of them.
+        self._kept: _Kept | None = _Kept() if next_seq == 1 else None
         labels = (resources.role, resources.settings.instance)
         # Looked up once: a labelled child is a dict lookup under a lock, per event otherwise.
         self._appended = EVENTS_APPENDED.labels(*labels)
@@ -144,13 +152,19 @@ class EventWriter:
         Raises LockLost when the writer's fence is no longer the run's lock."""
         if event.seq != self.next_seq:
             raise ValueError(f"seq must stay contiguous: expected {self.next_seq}, got {event.seq}")
-        added = await retrying(
-            lambda: self._res.log.append(self._run_id, [event], self.fence),
-            within_s=self._retry_s,
-        )
+        try:
+            added = await retrying(
+                lambda: self._res.log.append(self._run_id, [event], self.fence),
+                within_s=self._retry_s,
+            )
+        except BaseException:
+            self.lost_track()
+            raise
         self._round_trips.inc()
         if added == REFUSED:
             raise lock_lost(self._run_id)
+        if added == 0:  # the log held this seq already: maybe not this event
+            self.lost_track()
         self.appended([event])
 
     @property
@@ -162,6 +176,50 @@ class EventWriter:
         worker's shared appender), so :attr:`next_seq` stays the next one to write."""
         self._appended.inc(len(events))
         self.next_seq += len(events)
+        if self._kept is not None:
+            self._kept.add(events)
+            if len(self._kept.data) > KEPT_BYTES:
+                self._kept = None  # too big to hold: the archive reads the log back
+
+    def lost_track(self) -> None:
+        """An append's outcome is unknown (it failed, perhaps after landing): what the
+        log holds is no longer known here, so the archive reads it back."""
+        self._kept = None
+
+    @property
+    def all_events(self) -> list[Event] | None:
+        """Every event of the run, in order, when this writer appended all of them and
+        kept them; else None."""
+        return None if self._kept is None else self._kept.events()
+
+
+class _Kept:
+    """A run's events as appended, packed in three growing buffers (their data, where
+    each ends, their types) rather than held as objects: three small objects per event,
+    alive for a whole run, kept a busy worker's pymalloc arenas from being reused
+    (+14 MiB of peak RSS at 100 runs at once)."""
+
+    __slots__ = ("data", "ends", "types")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ends = array("Q")
+        self.types: list[str] = []  # the agents' few type strings, shared
+
+    def add(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.data += event.data
+            self.ends.append(len(self.data))
+            self.types.append(event.type)
+
+    def events(self) -> list[Event]:
+        """The events again, ``seq`` from 1."""
+        found: list[Event] = []
+        start = 0
+        for seq, (end, kind) in enumerate(zip(self.ends, self.types, strict=True), start=1):
+            found.append(Event(seq=seq, type=kind, data=bytes(self.data[start:end])))
+            start = end
+        return found
 
 
 class RunService:
@@ -371,10 +429,14 @@ class RunService:
         )
         with contextlib.suppress(BackendUnavailable):  # else its lease expires by itself
             await self._res.quotas.release_run(final.principal, run_id)
-        await retrying(lambda: self._archive(run_id), within_s=retry_s)
+        await retrying(lambda: self._archive(run_id, writer), within_s=retry_s)
         return final
 
-    async def _archive(self, run_id: str) -> None:
+    async def _archive(self, run_id: str, writer: EventWriter) -> None:
+        kept = writer.all_events
+        if kept is not None:  # the common case: no read of the log back from Redis
+            await self._res.store.archive_events(run_id, kept)
+            return
         after = 0
         while batch := await self._res.log.read(run_id, after, ARCHIVE_PAGE):
             await self._res.store.archive_events(run_id, batch)

@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from runstream import service
 from runstream.metrics import REGISTRY
 from runstream.models import RunStatus, utcnow
 from runstream.queue import open_queue
@@ -15,6 +17,7 @@ from runstream.resources import open_commands
 from runstream.store.database import open_store
 from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
+from runstream.streams.eventlog import EventLog
 from runstream.streams.pubsub import Decoder, PubSubHub
 from tests.api.streaming import read_stream, start
 from tests.conftest import wait_until
@@ -183,3 +186,47 @@ async def test_an_unexpected_error_before_a_run_starts_is_retried_not_stranded(
         async with asyncio.timeout(15):
             events = await read_stream(client, run_id)
     assert failures and events[-1]["data"]["status"] == "completed"
+
+
+async def archived_count(sqlite_url: str, run_id: str) -> int:
+    async with open_store(sqlite_url) as store:
+        return len(await store.read_events(run_id, 0, 10_000))
+
+
+async def archived_and_logged(
+    redis_url: str, sqlite_url: str, run_id: str
+) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    async with open_store(sqlite_url) as store:
+        archived = await store.read_events(run_id, 0, 10_000)
+    async with Redis.from_url(redis_url) as redis:
+        logged = await EventLog(redis, ttl_s=60, errors=ERRORS).read(run_id, 0, 10_000)
+    return [(e.seq, e.data) for e in archived], [(e.seq, e.data) for e in logged]
+
+
+@pytest.mark.parametrize("kept_bytes", [service.KEPT_BYTES, 100], ids=["kept", "too-big"])
+async def test_a_run_is_archived_as_logged_from_memory_unless_too_big_to_keep(
+    client: httpx.AsyncClient,
+    redis_url: str,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    kept_bytes: int,
+) -> None:
+    monkeypatch.setattr(service, "KEPT_BYTES", kept_bytes)
+    log_reads: list[str] = []
+    real_read = EventLog.read
+
+    async def counted(self: EventLog, run_id: str, after: int, limit: int = 500) -> Any:
+        log_reads.append(run_id)
+        return await real_read(self, run_id, after, limit)
+
+    monkeypatch.setattr(EventLog, "read", counted)
+    async with running_worker(make_settings(redis_url, sqlite_url, instance="arch")):
+        run_id = await start(client, "scripted", count=20)
+        # Polled, not streamed: a stream would read the log too (the API is in this loop).
+        async with asyncio.timeout(10):
+            while await archived_count(sqlite_url, run_id) < 22:  # running, 20 ticks, end
+                await asyncio.sleep(0.05)
+    # Within the budget the worker archives what it appended; beyond, it reads the log.
+    assert (run_id in log_reads) is (kept_bytes == 100)
+    archived, logged = await archived_and_logged(redis_url, sqlite_url, run_id)
+    assert archived == logged and len(archived) == 22

@@ -138,6 +138,7 @@ class Appender:
             error = exc
         for index, (batcher, events) in enumerate(work):
             if error is not None:
+                batcher.writer.lost_track()
                 batcher._done(error)
             elif added[index] == REFUSED:  # another worker owns this run now
                 batcher._done(lock_lost(batcher.writer.run_id))
