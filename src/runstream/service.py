@@ -175,6 +175,8 @@ class EventWriter:
         """Count ``events`` as appended by someone else on this writer's behalf (the
         worker's shared appender), so :attr:`next_seq` stays the next one to write."""
         self._appended.inc(len(events))
+        if events and events[0].seq != self.next_seq:
+            self.lost_track()  # a late answer for events already superseded
         self.next_seq += len(events)
         if self._kept is not None:
             self._kept.add(events)

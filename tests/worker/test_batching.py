@@ -82,3 +82,31 @@ async def test_a_run_ending_early_withdraws_what_it_had_queued(
         await asyncio.wait_for(other.drain(), 10)  # the appender went round at least once
     assert logged(redis_server, "ending") == [1]
     await wait_until(lambda: logged(redis_server, "other") == [1])
+
+
+async def test_a_writer_keeps_its_runs_events_until_it_loses_track_of_the_log(
+    worker: Worker,
+) -> None:
+    assert worker.resources is not None
+    writer = EventWriter(worker.resources, "run-kept", next_seq=1, retry_s=WORKER_RETRY_S)
+    writer.appended([tick(1), tick(2)])
+    assert writer.all_events == [tick(1), tick(2)]
+    writer.appended([tick(2)])  # a late answer for an event already counted
+    assert writer.all_events is None  # so the archive reads the log back
+    later = EventWriter(worker.resources, "run-later", next_seq=5, retry_s=WORKER_RETRY_S)
+    later.appended([tick(5)])
+    assert later.all_events is None  # it did not write the run from its first event
+
+
+async def test_a_batch_the_log_partly_held_already_makes_the_writer_read_the_log_back(
+    worker: Worker, redis_server: RedisServer
+) -> None:
+    assert worker.resources is not None
+    await worker.resources.log.append("run-partly", [tick(1)])  # landed, answer lost
+    writer = EventWriter(worker.resources, "run-partly", next_seq=1, retry_s=WORKER_RETRY_S)
+    async with open_appender(worker.resources) as appender:
+        async with batching(appender, writer) as batcher:
+            await batcher.put(tick(1))
+            await batcher.put(tick(2))
+    assert writer.next_seq == 3 and writer.all_events is None
+    assert logged(redis_server, "run-partly") == [1, 2]

@@ -19,9 +19,9 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
+from runstream.errors import BackendUnavailable
 from runstream.streams.connection import CommandClient, RedisErrors
 from runstream.streams.keys import QueueKeys
 
@@ -63,13 +63,10 @@ class TaskProducer:
         # score 0 (now, not delayed), expire 0 (the task never expires while queued).
         command: list[str | bytes | int] = ["FCALL", FUNCTION, len(keys), *keys]
         command += [task_id, data, 0, 0, now]
-        if isinstance(self._redis, RedisCluster):
-            # Left to itself redis-py asks a node (COMMAND GETKEYS) where an FCALL goes;
-            # every queue key shares one hash tag, so the stream's slot says it.
-            node = self._redis.get_node_from_key(keys[0])
-            result = await self._redis.execute_command(*command, target_nodes=node)
-        else:
-            result = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+        # On a cluster redis-py asks a node where an FCALL goes (COMMAND GETKEYS, one more
+        # round trip); naming the node instead would turn off its retries through a
+        # failover, and an enqueue is one command per run.
+        result = await self._redis.execute_command(*command)
         return bool(result)
 
 
@@ -77,6 +74,13 @@ class TaskProducer:
 def _library_code() -> str:
     """streaq's Lua library, read from its installed package without importing it."""
     spec = importlib.util.find_spec(LIBRARY)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("streaq is not installed")
-    return (Path(next(iter(spec.submodule_search_locations))) / "lua" / "streaq.lua").read_text()
+    try:
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("the streaq package is not installed")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        return (folder / "lua" / "streaq.lua").read_text()
+    except OSError as exc:  # a broken install: the enqueue fails like an outage, mapped
+        raise BackendUnavailable(
+            f"queue unavailable: streaq's Lua library cannot be read ({exc})",
+            dependency="the queue",
+        ) from exc

@@ -143,6 +143,8 @@ class Appender:
             elif added[index] == REFUSED:  # another worker owns this run now
                 batcher._done(lock_lost(batcher.writer.run_id))
             else:
+                if added[index] != len(events):  # the log held some of them already
+                    batcher.writer.lost_track()
                 batcher.writer.appended(events)
                 batcher._done(None)
 
