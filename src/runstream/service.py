@@ -218,9 +218,11 @@ class _Kept:
         """The events again, ``seq`` from 1."""
         found: list[Event] = []
         start = 0
-        for seq, (end, kind) in enumerate(zip(self.ends, self.types, strict=True), start=1):
-            found.append(Event(seq=seq, type=kind, data=bytes(self.data[start:end])))
-            start = end
+        # A view slices without an intermediate copy; released before the buffer grows.
+        with memoryview(self.data) as data:
+            for seq, (end, kind) in enumerate(zip(self.ends, self.types, strict=True), 1):
+                found.append(Event(seq=seq, type=kind, data=bytes(data[start:end])))
+                start = end
         return found
 
 

@@ -51,19 +51,20 @@ async def send_script_calls(client: CommandClient, calls: Sequence[ScriptCall]) 
     sent once more, so every script sent this way must be safe to repeat. On a cluster
     they go as EVAL: redis-py refuses a pipelined EVALSHA there.
     """
-    for attempt in (1, 2):
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                for script, keys, args in calls:
-                    _queue_call(pipe, script, keys, args)
-                results: list[Any] = await pipe.execute()
-                return results
-        except NoScriptError:
-            if attempt == 2:
-                raise
-            for script in {id(call[0]): call[0] for call in calls}.values():
-                script.sha = await client.script_load(script.script)
-    raise AssertionError("unreachable")
+    try:
+        return await _send_pipelined(client, calls)
+    except NoScriptError:
+        for script in {id(call[0]): call[0] for call in calls}.values():
+            script.sha = await client.script_load(script.script)
+        return await _send_pipelined(client, calls)
+
+
+async def _send_pipelined(client: CommandClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            _queue_call(pipe, script, keys, args)
+        results: list[Any] = await pipe.execute()
+        return results
 
 
 def _queue_call(
