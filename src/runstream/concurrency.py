@@ -117,21 +117,35 @@ def collapse_excgroups() -> Iterator[None]:
         raise error from error.__cause__
 
 
-@contextlib.asynccontextmanager
-async def ended_by_deadline() -> AsyncIterator[asyncio.Timeout]:
-    """A block that ends quietly when its deadline expires; the deadline starts unset.
+class QuietDeadline:
+    """``async with QuietDeadline(when) as deadline``: a block that ends quietly when its
+    deadline (loop time ``when``; None: unset) expires.
 
     Whoever may end the block early reschedules it (``deadline.reschedule(now)``): the
     block is cancelled at its current await and exits without an error. A TimeoutError
-    raised inside for another reason still propagates.
+    raised inside for another reason still propagates. A class rather than a
+    generator-based context manager: an API process holds one per open stream.
     """
-    deadline = asyncio.timeout(None)
-    try:
-        async with deadline:
-            yield deadline
-    except TimeoutError:
-        if not deadline.expired():
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, when: float | None = None) -> None:
+        self._timeout = asyncio.timeout_at(when)
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        return await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        deadline = self._timeout
+        try:
+            await deadline.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if deadline.expired():
+                return True  # the deadline ended the block: its normal end
             raise
+        return exc_type is not None and issubclass(exc_type, TimeoutError) and deadline.expired()
 
 
 async def completes_within(aw: Awaitable[Any], seconds: float) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from runstream.api.hosts import LoopbackHostsOnly
 from runstream.api.limits import BodyLimit
 from runstream.api.schemas import finish_document
 from runstream.api.sse import OpenStreams
+from runstream.api.stream import StreamRoute
 from runstream.config import Settings
 from runstream.logs import redact_access_log
 from runstream.observability import PROCESS
@@ -73,7 +75,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = finish_document(FastAPI.openapi(app))
+            document = FastAPI.openapi(app)
+            document["paths"][stream.PATH] = {"get": copy.deepcopy(stream.OPERATION)}
+            app.openapi_schema = finish_document(document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -81,12 +85,14 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(runs.router)
     app.include_router(agents.router)
-    app.include_router(stream.router)
     app.include_router(events.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(ui.router)
-    # Added first, so innermost: the framework's own text/plain 500 is never reached.
+    # Streams are served ahead of FastAPI's router (api/stream.py), inside every other
+    # middleware: the host check, CORS and the error shape apply to them too.
+    app.add_middleware(StreamRoute)
+    # Innermost but for the streams: the framework's own text/plain 500 is never reached.
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit, max_bytes=settings.max_input_bytes)
     if settings.cors_origins:

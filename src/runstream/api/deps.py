@@ -11,9 +11,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Request
+from starlette.types import Scope
 
-from runstream.api.auth import authenticated, bearer_token, principal_for, principal_for_ticket
+from runstream.api.auth import authenticated, bearer_token, principal_for
 from runstream.api.errors import ApiError, not_found
 from runstream.api.sse import OpenStreams
 from runstream.resources import Resources
@@ -30,9 +31,14 @@ class ApiState:
 
 
 async def get_state(request: Request) -> ApiState:
+    """The API's state (:func:`state_in`)."""
+    return state_in(request.scope)
+
+
+def state_in(scope: Scope) -> ApiState:
     """The API's state: from the lifespan's state, or from the app itself when it is
     mounted in another application (whose lifespan entered ``runstream_lifespan``)."""
-    state = getattr(request.state, "api", None) or getattr(request.app.state, "api", None)
+    state = scope.get("state", {}).get("api") or getattr(scope["app"].state, "api", None)
     if not isinstance(state, ApiState):
         raise ApiError(
             503,
@@ -48,24 +54,6 @@ async def get_principal(
     authorization: Annotated[str | None, Header()] = None,
 ) -> str:
     return principal_for(state.resources.settings, bearer_token(authorization))
-
-
-async def get_stream_principal(
-    run_id: str,
-    state: Annotated[ApiState, Depends(get_state)],
-    authorization: Annotated[str | None, Header()] = None,
-    token: Annotated[
-        str | None, Query(description="for EventSource, which cannot set headers")
-    ] = None,
-    ticket: Annotated[
-        str | None,
-        Query(max_length=1000, description="from POST /runs/{id}/ticket: this run only"),
-    ] = None,
-) -> str:
-    settings = state.resources.settings
-    if ticket is not None and settings.auth_enabled:
-        return principal_for_ticket(settings, ticket, parse_run_id(run_id))
-    return principal_for(settings, bearer_token(authorization) or token)
 
 
 async def is_authenticated(
@@ -95,6 +83,5 @@ async def run_id_in_path(run_id: str) -> str:
 
 State = Annotated[ApiState, Depends(get_state)]
 Principal = Annotated[str, Depends(get_principal)]
-StreamPrincipal = Annotated[str, Depends(get_stream_principal)]
 Authenticated = Annotated[bool, Depends(is_authenticated)]
 RunId = Annotated[str, Depends(run_id_in_path)]

@@ -7,7 +7,7 @@ client never sees another shape.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -158,12 +158,19 @@ class TrackedSend:
 
 
 async def send_error(
-    send: Send, status: int, code: str, message: str, *, close: bool = False
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    close: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Answer with the error shape straight from an ASGI middleware (no request object);
-    ``close`` when the rest of the request will not be read."""
+    ``close`` when the rest of the request will not be read; ``extra`` headers."""
     body = orjson.dumps(error_body(code, message))
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -195,12 +202,28 @@ class InternalErrors:
                 await send_error(send, 500, "internal_error", message)
 
 
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+_HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
+    (ApiError, _api_error),
+    (RunNotFound, _run_not_found),
+    (RunFinished, _run_finished),
+    (StarletteHTTPException, _http_error),
+    (RequestValidationError, _validation_error),
+    (BackendUnavailable, _backend_error),
+    (QuotaExceeded, _quota_exceeded),
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the API can raise to the one error shape."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RunNotFound, _run_not_found)
-    app.add_exception_handler(RunFinished, _run_finished)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(BackendUnavailable, _backend_error)
-    app.add_exception_handler(QuotaExceeded, _quota_exceeded)
+    for exc_type, handler in _HANDLERS:
+        app.add_exception_handler(exc_type, handler)
+
+
+async def answer_for(request: Request, exc: Exception) -> JSONResponse | None:
+    """The error-shape answer to ``exc``, as the app's handlers give it, for a route
+    served outside FastAPI's routing (the event stream); None for an unexpected error."""
+    for exc_type, handler in _HANDLERS:
+        if isinstance(exc, exc_type):
+            return await handler(request, exc)
+    return None

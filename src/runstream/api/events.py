@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from runstream.api.deps import ApiState, Principal, RunId, State
 from runstream.api.schemas import EventsPage, errors, ok
 from runstream.api.stream import AFTER_PATTERN, parse_start, resolve_start
-from runstream.concurrency import ended_by_deadline, finish_shielded
+from runstream.concurrency import finish_shielded
 from runstream.streams.follow import follow_batches
 from runstream.streams.frames import Frame
 
@@ -66,12 +66,11 @@ async def _page(
     batch: list[Frame] | None = None
     # A server that starts shutting down ends the wait at once, as it ends streams: the
     # page is empty and the client polls again, on another process.
-    async with contextlib.aclosing(batches) as it, ended_by_deadline() as deadline:
-        with state.streams.track(deadline):
-            try:
-                batch = await anext(it)
-            except StopAsyncIteration:
-                return [], True  # nothing after the cursor, and the run is over
+    async with contextlib.aclosing(batches) as it, state.streams.open():
+        try:
+            batch = await anext(it)
+        except StopAsyncIteration:
+            return [], True  # nothing after the cursor, and the run is over
     if batch is None:
         return [], False  # nothing came within ``wait`` (or the server is shutting down)
     page = batch[:limit]

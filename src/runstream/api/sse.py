@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Final
 
 import structlog
-from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from runstream.concurrency import (
-    completes_within,
-    ended_by_deadline,
-    finish_shielded,
-    helper_task,
-)
+from runstream.concurrency import QuietDeadline, completes_within, finish_shielded
+from runstream.errors import BackendUnavailable
+from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
+from runstream.streams.frames import Frame
 
 log = structlog.get_logger(__name__)
 
@@ -48,16 +46,35 @@ class OpenStreams:
         for deadline in list(self._deadlines):
             _expire(deadline)
 
-    @contextlib.contextmanager
-    def track(self, deadline: asyncio.Timeout) -> Iterator[None]:
-        """Count the stream ending at ``deadline`` as open for the block."""
-        self._deadlines.add(deadline)
-        if self.closing:
+    def open(self, max_s: float | None = None) -> OpenStream:
+        """``async with streams.open() as deadline``: the block is one open stream. It
+        ends, without an error, when ``deadline`` expires: after ``max_s``, at
+        :meth:`close_all`, or when the code holding the deadline expires it."""
+        return OpenStream(self, max_s)
+
+
+class OpenStream(QuietDeadline):
+    """One open stream's deadline, counted in :class:`OpenStreams` for the block."""
+
+    __slots__ = ("_streams",)
+
+    def __init__(self, streams: OpenStreams, max_s: float | None) -> None:
+        when = None if max_s is None else asyncio.get_running_loop().time() + max_s
+        super().__init__(when)
+        self._streams = streams
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        deadline = await super().__aenter__()
+        self._streams._deadlines.add(deadline)
+        if self._streams.closing:
             _expire(deadline)
-        try:
-            yield
-        finally:
-            self._deadlines.discard(deadline)
+        return deadline
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        self._streams._deadlines.discard(self._timeout)
+        return await super().__aexit__(exc_type, exc, tb)
 
 
 def _expire(deadline: asyncio.Timeout) -> None:
@@ -65,61 +82,118 @@ def _expire(deadline: asyncio.Timeout) -> None:
         deadline.reschedule(asyncio.get_running_loop().time())
 
 
-class EventStreamResponse(StreamingResponse):
-    """``text/event-stream`` from an iterator of encoded frames (``None``: a quiet period)."""
+# X-Accel-Buffering: a proxy that buffers responses would hold events back; no-transform:
+# a proxy must not compress (and so buffer) the stream.
+HEADERS: Final = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+)
 
-    media_type = "text/event-stream"
+
+Batches = AsyncIterator[Sequence[Frame] | None]
+"""What a stream sends: batches of encoded frames, ``None`` for a quiet period."""
+
+
+class EventStream:
+    """A ``text/event-stream`` response (an ASGI app): ``prelude``, then each batch the
+    follower yields, in one write per batch; a keep-alive comment for each quiet period.
+
+    The follower's ``BackendUnavailable`` ends the stream quietly (the headers are gone;
+    the client resumes from its last id). One method sends it all: every frame of a
+    call chain here is held by every open stream, so there are as few as can be.
+    """
+
+    __slots__ = (
+        "_batches",
+        "_labels",
+        "_max_s",
+        "_on_close",
+        "_prelude",
+        "_send_timeout_s",
+        "_streams",
+        "run_id",
+    )
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes | None],
+        batches: Batches | None,
         *,
+        prelude: bytes,
         streams: OpenStreams,
+        labels: tuple[str, str],
         send_timeout_s: float,
+        run_id: str | None = None,
         max_s: float | None = None,
-        headers: Mapping[str, str] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        # X-Accel-Buffering: a proxy that buffers responses would hold events back.
-        # The frames are sent by __call__ below, not by StreamingResponse's loop.
-        super().__init__((), headers={"X-Accel-Buffering": "no", **(headers or {})})
-        self._frames = frames
+        self._batches = batches
+        self._prelude = prelude
         self._streams = streams
+        self.run_id = run_id
+        self._labels = labels  # (role, instance), for the stream metrics
         self._send_timeout_s = send_timeout_s
         self._max_s = max_s
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream until the run ends, the client leaves, the server closes,
+        ``max_s`` passes or the client stops reading; then ``on_close``."""
+        active = ACTIVE_STREAMS.labels(*self._labels)
         try:
-            await self._stream(receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
+            active.inc()
+            try:
+                if await self._write(send, self._prelude) and self._batches is not None:
+                    await self._follow(receive, send, self._batches)
+            finally:
+                active.dec()
         finally:
             if self._on_close is not None:  # e.g. the principal's stream lease
                 with contextlib.suppress(Exception):
                     await finish_shielded(self._on_close(), within_s=CLOSE_TIMEOUT_S)
-
-    async def _stream(self, receive: Receive, send: Send) -> None:
-        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        await send(start)
-        # The client leaving or the server closing expires the deadline: the block ends.
-        async with ended_by_deadline() as deadline:
-            if self._max_s is not None:  # RUNSTREAM_STREAM_MAX_S: the client resumes
-                deadline.reschedule(asyncio.get_running_loop().time() + self._max_s)
-            with self._streams.track(deadline):
-                async with helper_task(_until_disconnect(receive, deadline), name="sse-exit"):
-                    await self._send_frames(send)
-        # End the chunked body cleanly, so the client sees the stream end and resumes.
+        # End the chunked body cleanly, so the client sees the stream end and resumes;
+        # after the lease and the gauge are released, so that a client resuming at once
+        # is not refused for its own old stream, and sees the gauge down.
         end = {"type": "http.response.body", "body": b"", "more_body": False}
         await completes_within(send(end), self._send_timeout_s)
 
-    async def _send_frames(self, send: Send) -> None:
-        async with contextlib.aclosing(self._frames) as frames:  # type: ignore[type-var]
-            async for frame in frames:
-                body = {"type": "http.response.body", "body": frame or PING, "more_body": True}
-                if not await completes_within(send(body), self._send_timeout_s):
-                    # One line, no traceback: a slow or vanished reader is routine.
-                    timeout = self._send_timeout_s
-                    log.info("stream ended: the client stopped reading", after_s=timeout)
-                    return
+    async def _follow(self, receive: Receive, send: Send, batches: Batches) -> None:
+        delivered = EVENTS_DELIVERED.labels(*self._labels)
+        # The client leaving, the server closing or RUNSTREAM_STREAM_MAX_S expire the
+        # deadline: the block ends there, and the client resumes from its last id.
+        async with (
+            self._streams.open(self._max_s) as deadline,
+            asyncio.TaskGroup() as tasks,
+            contextlib.aclosing(batches) as batches,  # type: ignore[type-var]
+        ):
+            watcher = tasks.create_task(_until_disconnect(receive, deadline))
+            try:
+                async for batch in batches:
+                    if not await self._write(send, _encoded(batch)):
+                        break
+                    if batch is not None:
+                        delivered.inc(len(batch))
+            except BackendUnavailable as exc:
+                log.warning("stream ended early", run_id=self.run_id, error=str(exc))
+            finally:
+                watcher.cancel()
+
+    async def _write(self, send: Send, body: bytes) -> bool:
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        if await completes_within(send(message), self._send_timeout_s):
+            return True
+        # One line, no traceback: a slow or vanished reader is routine.
+        log.info("stream ended: the client stopped reading", after_s=self._send_timeout_s)
+        return False
+
+
+def _encoded(batch: Sequence[Frame] | None) -> bytes:
+    """One write for a batch (each frame was encoded once for every reader of the
+    process), or the keep-alive comment for a quiet period."""
+    if batch is None:
+        return PING
+    return batch[0].sse if len(batch) == 1 else b"".join(frame.sse for frame in batch)
 
 
 async def _until_disconnect(receive: Receive, deadline: asyncio.Timeout) -> None:

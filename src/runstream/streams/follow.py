@@ -14,7 +14,6 @@ announced with one ``gap`` event. The stream ends after the terminal status even
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -92,8 +91,7 @@ async def follow_batches(
                 stale = polled = False
                 continue
             try:
-                async with asyncio.timeout(poll_s):
-                    first = await sub.get()
+                first = await sub.get(timeout=poll_s)
             except TimeoutError:
                 stale = polled = True
                 if idle:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,37 +74,46 @@ Decoder = Callable[[bytes], object]
 class Subscription:
     """One local subscriber's bounded view of one channel.
 
-    A deque and one waiter rather than an ``asyncio.Queue`` (which carries two more
-    deques and an Event): an API process holds one of these per open stream.
+    A list and one waiter rather than an ``asyncio.Queue`` (which carries three deques
+    and an Event): an API process holds one of these per open stream, mostly empty. The
+    list stays short (the subscriber drains it at each wake-up, and it never holds more
+    than the hub's queue size), so taking from its front costs nothing worth a deque.
     """
 
     __slots__ = ("_items", "_maxsize", "_waiter", "channel", "overflows")
 
     def __init__(self, channel: str, maxsize: int) -> None:
         self.channel = channel
-        self._items: deque[Message] = deque()
+        self._items: list[Message] = []
         self._maxsize = maxsize
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self.overflows = 0
 
     def __len__(self) -> int:
         """Messages waiting to be read."""
         return len(self._items)
 
-    async def get(self) -> Message:
-        """The next message, or :data:`RESYNC` when some may have been missed."""
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message, or :data:`RESYNC` when some may have been missed; raises
+        TimeoutError when nothing comes within ``timeout`` seconds (a timer handle, not
+        an ``asyncio.timeout`` scope: one less object per waiting subscriber)."""
+        loop = asyncio.get_running_loop()
         while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
             try:
-                await self._waiter
+                timed_out = await waiter
             finally:
                 self._waiter = None
-        return self._items.popleft()
+                if timer is not None:
+                    timer.cancel()
+            if timed_out and not self._items:
+                raise TimeoutError
+        return self._items.pop(0)
 
     def drain(self) -> list[Message]:
         """Every message waiting now, without waiting for more."""
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         return items
 
     def _deliver(self, message: Message) -> None:
@@ -118,13 +126,47 @@ class Subscription:
 
     def _resync(self) -> None:
         # Anything still queued is older than the log the subscriber is about to read.
-        self._items.clear()
-        self._items.append(RESYNC)
+        self._items = [RESYNC]
         self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._waiter.set_result(False)
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)
+
+
+class _Subscribing:
+    """``async with hub.subscribe(channel)``: a class rather than a generator-based
+    context manager, whose generator frame every open stream would hold."""
+
+    __slots__ = ("_channel", "_decode", "_hub", "_sub")
+
+    def __init__(self, hub: PubSubHub, channel: str, decode: Decoder | None) -> None:
+        self._hub, self._channel, self._decode = hub, channel, decode
+        self._sub: Subscription | None = None
+
+    async def __aenter__(self) -> Subscription:
+        hub, channel = self._hub, self._channel
+        if hub._closing:
+            raise SubscribeError("the pub/sub hub is closed")
+        # Registered locally before any await: a concurrent first subscriber of the same
+        # channel sees it, and the exit can always discard it.
+        sub = self._sub = hub._add(channel, self._decode)
+        try:
+            await hub._reconcile(channel)
+            await hub._wait_confirmed(channel)
+        except BaseException:
+            await hub._remove(channel, sub)
+            raise
+        return sub
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._sub is not None
+        await self._hub._remove(self._channel, self._sub)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,29 +233,17 @@ class PubSubHub:
 
     # -- public API -------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def subscribe(
-        self, channel: str, decode: Decoder | None = None
-    ) -> AsyncIterator[Subscription]:
-        """Listen to ``channel`` until the block exits.
+    def subscribe(self, channel: str, decode: Decoder | None = None) -> _Subscribing:
+        """Listen to ``channel`` until the ``async with`` block exits.
 
-        Returns once the server has confirmed the subscription, so whatever is published
-        after this point reaches the subscription. Raises SubscribeError when the
-        confirmation does not come within the confirm timeout. ``decode`` turns a payload
-        into what subscribers get, once per message for all of them (every subscriber of
-        a channel passes the same one); a payload it cannot decode is a RESYNC.
+        Entering returns once the server has confirmed the subscription, so whatever is
+        published after this point reaches the subscription. Raises SubscribeError when
+        the confirmation does not come within the confirm timeout. ``decode`` turns a
+        payload into what subscribers get, once per message for all of them (every
+        subscriber of a channel passes the same one); a payload it cannot decode is a
+        RESYNC.
         """
-        if self._closing:
-            raise SubscribeError("the pub/sub hub is closed")
-        # Registered locally before any await: a concurrent first subscriber of the same
-        # channel sees it, and the finally below can always discard it.
-        sub = self._add(channel, decode)
-        try:
-            await self._reconcile(channel)
-            await self._wait_confirmed(channel)
-            yield sub
-        finally:
-            await self._remove(channel, sub)
+        return _Subscribing(self, channel, decode)
 
     def stats(self) -> HubStats:
         """Connection state and subscription counts, for /healthz and /metrics."""
