@@ -524,3 +524,21 @@ async def test_exhausted_pool_raises_too_many_connections(
                 await store.ping()
 
         await store.ping()  # the pool serves again once connections are back
+
+
+@pytest.mark.parametrize(("role", "pings"), [("api", True), ("worker", False)])
+async def test_a_connection_dropped_while_pooled_costs_the_worker_one_retry_and_the_api_none(
+    postgres: TestDatabase, proxy: TcpProxy, no_task_leaks: None, role: str, pings: bool
+) -> None:
+    # The API pings a pooled connection before using it; the worker, which retries every
+    # database call, saves that round trip and meets the dead connection once instead.
+    async with open_store(postgres_url(postgres.name, port=proxy.port), role=role) as store:
+        run = await make_run(store)
+        await proxy.cut()
+        await proxy.start()  # the server is reachable again; the pooled connection is dead
+
+        if not pings:
+            with pytest.raises(BackendUnavailable, match=r"^database unavailable: "):
+                await store.get_run(run.id)
+        assert await store.get_run(run.id) == run  # the pool replaced its dead connection
+        assert store.engine.pool.checkedout() == 0

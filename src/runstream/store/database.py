@@ -51,7 +51,10 @@ async def open_store(
     Raises BackendUnavailable when the database cannot be reached. ``role`` and
     ``instance`` name the process in a TooManyConnections.
     """
-    engine = build_engine(database_url)
+    # The worker retries every database call (a failed run start is delivered again), so
+    # a connection that died with a restarted server costs it a retry, not a ping before
+    # every transaction (one round trip more each, on the path of every run).
+    engine = build_engine(database_url, pre_ping=role != "worker")
     try:
         with database_errors(role=role, instance=instance):
             if engine.dialect.name == "sqlite":
@@ -64,18 +67,19 @@ async def open_store(
         await finish_shielded(engine.dispose(), within_s=DISPOSE_TIMEOUT_S)
 
 
-def build_engine(database_url: str) -> AsyncEngine:
-    """An AsyncEngine with a small bounded pool, tuned for the URL's backend."""
+def build_engine(database_url: str, *, pre_ping: bool = True) -> AsyncEngine:
+    """An AsyncEngine with a small bounded pool, tuned for the URL's backend; with
+    ``pre_ping`` a pooled PostgreSQL connection is checked before it is handed out."""
     url = make_url(database_url)
     backend = url.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url)
     if backend == "postgresql":
-        return _postgresql_engine(url)
+        return _postgresql_engine(url, pre_ping=pre_ping)
     raise ValueError(f"unsupported database URL scheme {url.drivername!r}")
 
 
-def _postgresql_engine(url: URL) -> AsyncEngine:
+def _postgresql_engine(url: URL, *, pre_ping: bool) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if "timeout" not in url.query:  # an explicit ?timeout= in the URL wins
         connect_args["timeout"] = CONNECT_TIMEOUT_S
@@ -85,7 +89,7 @@ def _postgresql_engine(url: URL) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT_S,
         # Connections that died with a restarted server are replaced, not handed out.
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
 
