@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
@@ -98,23 +98,35 @@ async def _cancel_until_done(task: asyncio.Task[Any], every_s: float) -> None:
         await asyncio.wait([task], timeout=every_s)
 
 
-@contextlib.contextmanager
-def collapse_excgroups() -> Iterator[None]:
-    """Re-raise the one exception of a TaskGroup's group as itself.
+def collapse_excgroups() -> CollapsedGroups:
+    """Re-raise the one exception of a TaskGroup's group as itself (``with`` block).
 
     On Python 3.11 a TaskGroup wraps whatever its body raises in an ExceptionGroup, even
     when no child failed; an owner that runs helper tasks around a ``yield`` would then
     turn a plain BackendUnavailable into a group no caller expects to catch.
     """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error: BaseException = group
+    return CollapsedGroups()
+
+
+class CollapsedGroups:
+    """:func:`collapse_excgroups`' context manager (a class: a generator-based one keeps
+    a frame for as long as its block runs, and an open stream runs one)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if not isinstance(exc, BaseExceptionGroup):
+            return
+        error: BaseException = exc
         while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
             error = error.exceptions[0]
-        if error is group:
-            raise
-        raise error from error.__cause__
+        if error is not exc:
+            raise error from error.__cause__
 
 
 class QuietDeadline:

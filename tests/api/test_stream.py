@@ -9,6 +9,7 @@ import pytest
 
 from runstream.metrics import REGISTRY
 from runstream.store.database import open_store
+from tests.api.checks import assert_error
 from tests.api.streaming import read_first, read_stream, start
 from tests.redis_server import RedisServer
 from tests.system import Api, Worker, make_settings, running_api
@@ -187,3 +188,45 @@ async def test_a_busy_pool_makes_streams_wait_their_turn_never_fail(
         "runstream_too_many_connections_total", {"role": "api", "instance": "tiny"}
     )
     assert after == refused  # the pool never said "Too many connections"
+
+
+async def test_the_stream_route_refuses_what_fastapi_refused_in_the_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    # Served ahead of FastAPI's router: the same statuses, still in the one error shape.
+    run_id = await start(client, "echo", text="a")
+    await read_stream(client, run_id)
+    path = f"/runs/{run_id}/stream"
+    for method in ("POST", "PUT", "HEAD"):
+        refused = await client.request(method, path)
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET", method
+    assert_error(await client.post(path), 405, "method_not_allowed")
+    assert_error(await client.get("/runs/not-a-uuid/stream"), 404, "not_found")
+    too_long = {"after": "now\n"}, {"after": "5\n"}, {"after": "1" * 20}, {"tail": "9" * 5000}
+    for params in (*too_long, {"tail": "0"}, {"tail": "x"}, {"tail": "10001"}, {"tail": ""}):
+        assert_error(await client.get(path, params=params), 422, "invalid_request")
+    assert_error(await client.get(path, params={"ticket": "t" * 1001}), 422, "invalid_request")
+    stale = await client.get(path, headers={"Last-Event-ID": "1" * 41})
+    assert_error(stale, 422, "invalid_request")
+    # A trailing slash is the same stream (FastAPI redirected it); the last of a repeated
+    # query parameter counts, as FastAPI read it.
+    assert (await client.get(f"{path}/", params={"after": "now"})).status_code == 204
+    repeated = await client.get(f"{path}?after=1&after=now")
+    assert repeated.status_code == 204
+
+
+async def test_an_unauthenticated_stream_is_told_how_to_authenticate(
+    redis_url: str, sqlite_url: str
+) -> None:
+    settings = make_settings(
+        redis_url, sqlite_url, instance="api-auth", api_keys="k-0123456789abcdef=a"
+    )
+    async with running_api(settings) as api, api.client() as client:
+        unknown = "00000000-0000-4000-8000-000000000000"
+        refused = await client.get(f"/runs/{unknown}/stream")
+        assert_error(refused, 401, "unauthorized")
+        assert refused.headers["www-authenticate"] == "Bearer"
+        wrong = await client.get(f"/runs/{unknown}/stream", params={"token": "nope"})
+        assert_error(wrong, 401, "unauthorized")
+        known = await client.get(f"/runs/{unknown}/stream", params={"token": "k-0123456789abcdef"})
+        assert_error(known, 404, "not_found")

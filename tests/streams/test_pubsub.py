@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from runstream.errors import SubscribeError
 from runstream.streams.pubsub import RESYNC, open_hub
+from runstream.streams.pubsub.hub import Subscription
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
@@ -149,3 +150,34 @@ async def test_hub_never_opens_a_second_connection(
         names.append(redis_server.client_names())
     assert len(names) == 51
     assert all(seen == ["runstream:test:hub:pubsub"] for seen in names), names
+
+
+async def test_a_subscription_waits_at_most_its_timeout_and_leaves_no_timer_behind() -> None:
+    sub = Subscription("ch", maxsize=4)
+    with pytest.raises(TimeoutError):
+        await sub.get(timeout=0.05)
+    sub._deliver(b"one")
+    assert await sub.get(timeout=0.05) == b"one"  # waiting items come without a wait
+
+    loop = asyncio.get_running_loop()
+    getting = asyncio.create_task(sub.get(timeout=30))
+    await wait_until(lambda: sub._waiter is not None)
+    loop.call_soon(sub._deliver, b"two")
+    assert await getting == b"two"  # woken by the message, before its timeout
+    assert sub._waiter is None
+
+    cancelled = asyncio.create_task(sub.get(timeout=30))
+    await wait_until(lambda: sub._waiter is not None)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert sub._waiter is None
+    sub._deliver(b"three")  # delivered after the cancel: kept for the next get
+    assert sub.drain() == [b"three"]
+
+
+async def test_a_full_subscription_is_emptied_and_told_to_resync() -> None:
+    sub = Subscription("ch", maxsize=2)
+    for message in (b"1", b"2", b"3"):
+        sub._deliver(message)
+    assert sub.drain() == [RESYNC] and sub.overflows == 1

@@ -6,6 +6,7 @@ client never sees another shape.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runstream.errors import (
@@ -180,8 +181,9 @@ async def send_error(
 class InternalErrors:
     """Answer anything unexpected with a JSON 500 whose id is also in the log line.
 
-    Innermost of the middlewares, so the framework's text/plain 500 is never reached; an
-    error after a response started (a stream) can only be logged.
+    Innermost of the middlewares but for the stream route, so the framework's text/plain
+    500 is never reached; an error after a response started (a stream) can only be
+    logged.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -220,10 +222,15 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, handler)
 
 
-async def answer_for(request: Request, exc: Exception) -> JSONResponse | None:
-    """The error-shape answer to ``exc``, as the app's handlers give it, for a route
-    served outside FastAPI's routing (the event stream); None for an unexpected error."""
-    for exc_type, handler in _HANDLERS:
-        if isinstance(exc, exc_type):
-            return await handler(request, exc)
+async def answer_for(request: Request, exc: Exception) -> Response | None:
+    """The answer the app's exception handlers give ``exc`` (the most specific class
+    first, as Starlette looks them up), for a route served outside FastAPI's routing
+    (the event stream); None when no handler takes it."""
+    handlers = request.app.exception_handlers
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            answer = handler(request, exc)
+            response: Response = await answer if inspect.isawaitable(answer) else answer
+            return response
     return None

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from runstream.concurrency import QuietDeadline, completes_within, finish_shielded
+from runstream.concurrency import (
+    QuietDeadline,
+    collapse_excgroups,
+    completes_within,
+    finish_shielded,
+)
 from runstream.errors import BackendUnavailable
 from runstream.metrics import ACTIVE_STREAMS, EVENTS_DELIVERED
 from runstream.streams.frames import Frame
@@ -91,7 +96,7 @@ HEADERS: Final = (
 )
 
 
-Batches = AsyncIterator[Sequence[Frame] | None]
+Batches = AsyncGenerator[Sequence[Frame] | None]
 """What a stream sends: batches of encoded frames, ``None`` for a quiet period."""
 
 
@@ -139,15 +144,16 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the stream until the run ends, the client leaves, the server closes,
         ``max_s`` passes or the client stops reading; then ``on_close``."""
-        active = ACTIVE_STREAMS.labels(*self._labels)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
-            active.inc()
-            try:
-                if await self._write(send, self._prelude) and self._batches is not None:
+            if await self._write(send, self._prelude) and self._batches is not None:
+                # Counted while it follows a run (not the outage hint, which only ends).
+                active = ACTIVE_STREAMS.labels(*self._labels)
+                active.inc()
+                try:
                     await self._follow(receive, send, self._batches)
-            finally:
-                active.dec()
+                finally:
+                    active.dec()
         finally:
             if self._on_close is not None:  # e.g. the principal's stream lease
                 with contextlib.suppress(Exception):
@@ -162,22 +168,24 @@ class EventStream:
         delivered = EVENTS_DELIVERED.labels(*self._labels)
         # The client leaving, the server closing or RUNSTREAM_STREAM_MAX_S expire the
         # deadline: the block ends there, and the client resumes from its last id.
-        async with (
-            self._streams.open(self._max_s) as deadline,
-            asyncio.TaskGroup() as tasks,
-            contextlib.aclosing(batches) as batches,  # type: ignore[type-var]
-        ):
-            watcher = tasks.create_task(_until_disconnect(receive, deadline))
-            try:
-                async for batch in batches:
-                    if not await self._write(send, _encoded(batch)):
-                        break
-                    if batch is not None:
-                        delivered.inc(len(batch))
-            except BackendUnavailable as exc:
-                log.warning("stream ended early", run_id=self.run_id, error=str(exc))
-            finally:
-                watcher.cancel()
+        # collapse_excgroups: an unexpected error is logged as itself, not as a group.
+        with collapse_excgroups():
+            async with (
+                self._streams.open(self._max_s) as deadline,
+                asyncio.TaskGroup() as tasks,
+                contextlib.aclosing(batches) as frames,
+            ):
+                watcher = tasks.create_task(_until_disconnect(receive, deadline), name="sse-exit")
+                try:
+                    async for batch in frames:
+                        if not await self._write(send, _encoded(batch)):
+                            break
+                        if batch is not None:
+                            delivered.inc(len(batch))
+                except BackendUnavailable as exc:
+                    log.warning("stream ended early", run_id=self.run_id, error=str(exc))
+                finally:
+                    watcher.cancel()
 
     async def _write(self, send: Send, body: bytes) -> bool:
         message = {"type": "http.response.body", "body": body, "more_body": True}

@@ -9,12 +9,11 @@ error middlewares around it still apply, and errors keep the one error shape (th
 app's own handlers answer them, :func:`~runstream.api.errors.answer_for`). The
 operation is described for ``/openapi.json`` by :data:`OPERATION`.
 
-The endpoint checks the caller and the cursor and takes the principal's stream lease (its
+The route checks the caller and the cursor and takes the principal's stream lease (its
 one Redis round trip); from then on the response owns the lease and releases it however
-it ends (``on_close``). The subscription is taken inside the response's generator, so a
-client that leaves before the first event holds no subscription. The generator runs
-under ``aclosing``: a disconnect, a send timeout or a server shutdown releases it at
-once (``api/sse.py``).
+it ends (``on_close``). The subscription is taken when the response first reads the
+follower, after the headers are sent, and the follower runs under ``aclosing``: a
+disconnect, a send timeout or a server shutdown releases it at once (``api/sse.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from runstream.streams.follow import follow_batches
 log = structlog.get_logger(__name__)
 
 PATH: Final = "/runs/{run_id}/stream"
-_PATH = re.compile(r"/runs/([^/]+)/stream")
+_PATH = re.compile(r"/runs/([^/]+)/stream/?")  # FastAPI redirected the slash
 MAX_CURSOR = 2**63 - 1
 """The largest ``seq`` a cursor may name (a Redis stream id's first part is 64-bit)."""
 AFTER_PATTERN = r"^(now|[0-9]{1,19})$"
@@ -128,11 +127,9 @@ class StreamRequest:
     def start(self) -> Start:
         """The cursor the request names (:func:`parse_start`); 422 when it is malformed."""
         after, tail = self.query.get("after"), self.query.get("tail")
-        if after is not None and not _AFTER.match(after):
+        if after is not None and not _AFTER.fullmatch(after):
             raise _invalid(f"after: `now` or an integer from 0 to {MAX_CURSOR}")
-        if tail is not None and not (
-            tail.isascii() and tail.isdigit() and 1 <= int(tail) <= MAX_TAIL
-        ):
+        if tail is not None and not _is_tail(tail):
             raise _invalid(f"tail: an integer from 1 to {MAX_TAIL}")
         if self.last_event_id is not None and len(self.last_event_id) > MAX_LAST_EVENT_ID:
             raise _cursor_error()
@@ -195,6 +192,16 @@ def parse_start(last_event_id: str | None, after: str | None, tail: int | None) 
     if after is not None:
         return Start(seq=_bounded(int(after), "after"))
     return Start(tail=tail) if tail is not None else Start()
+
+
+def _is_tail(text: str) -> bool:
+    # The length first: int() refuses a string of more than 4,300 digits with a ValueError.
+    return (
+        len(text) <= len(str(MAX_TAIL))
+        and text.isascii()
+        and text.isdigit()
+        and (1 <= int(text) <= MAX_TAIL)
+    )
 
 
 def _invalid(message: str) -> ApiError:

@@ -34,6 +34,9 @@ POOL_SIZE = 5
 POOL_TIMEOUT_S = 10.0
 """How long a caller waits for a free pooled connection before TooManyConnections."""
 
+UNPINGED_RECYCLE_S = 300
+"""The age at which the worker's (unpinged) pool replaces a PostgreSQL connection."""
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 DISPOSE_TIMEOUT_S = 10.0
@@ -90,6 +93,9 @@ def _postgresql_engine(url: URL, *, pre_ping: bool) -> AsyncEngine:
         pool_timeout=POOL_TIMEOUT_S,
         # Connections that died with a restarted server are replaced, not handed out.
         pool_pre_ping=pre_ping,
+        # Without the ping, a connection is replaced before the idle timeouts a pooler or
+        # a load balancer commonly applies, rather than found closed by a run.
+        pool_recycle=-1 if pre_ping else UNPINGED_RECYCLE_S,
         connect_args=connect_args,
     )
 

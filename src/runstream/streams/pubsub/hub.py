@@ -98,9 +98,10 @@ class Subscription:
         TimeoutError when nothing comes within ``timeout`` seconds (a timer handle, not
         an ``asyncio.timeout`` scope: one less object per waiting subscriber)."""
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._items:
             waiter = self._waiter = loop.create_future()
-            timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
+            timer = None if deadline is None else loop.call_at(deadline, _time_out, waiter)
             try:
                 timed_out = await waiter
             finally:
