@@ -542,3 +542,22 @@ async def test_a_connection_dropped_while_pooled_costs_the_worker_one_retry_and_
                 await store.get_run(run.id)
         assert await store.get_run(run.id) == run  # the pool replaced its dead connection
         assert store.engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("turns", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True))])
+async def test_sqlite_writers_of_one_process_take_turns_instead_of_meeting_the_lock(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, turns: bool
+) -> None:
+    # With no busy wait at all, two writers that meet at SQLite's write lock fail at once
+    # ("database is locked"); taking turns in the process, they never meet. The variant
+    # without the turns is the check that this test can fail.
+    monkeypatch.setattr(database_module, "SQLITE_BUSY_TIMEOUT_MS", 0)
+    async with open_store(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}") as store:
+        if not turns:
+            store._write_turn = None
+        runs = await asyncio.gather(*(make_run(store) for _ in range(20)))
+        await asyncio.gather(
+            *(store.archive_events(run.id, [event(seq) for seq in range(1, 30)]) for run in runs)
+        )
+        for run in runs:
+            assert len(await store.read_events(run.id, 0, 100)) == 29
