@@ -47,6 +47,21 @@ async def test_wait_stopped_returns_true_when_stop_requested_while_waiting() -> 
     assert ctx.stop_requested
 
 
+async def test_a_stop_ends_a_timed_wait_at_once_and_leaves_no_timer() -> None:
+    ctx = RunContext(run_id="r")
+    waiters = [asyncio.create_task(ctx.wait_stopped(30)) for _ in range(3)]
+    assert not any([await _settled(w) for w in waiters])
+    ctx.request_stop()
+    async with asyncio.timeout(5):
+        assert await asyncio.gather(*waiters) == [True, True, True]
+    assert not ctx._sleepers
+    cancelled = asyncio.create_task(RunContext(run_id="r").wait_stopped(30))
+    assert not await _settled(cancelled)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+
 async def test_echo_yields_one_token_per_word() -> None:
     events = await collect(echo(RunContext(run_id="r"), {"text": "  hello \n big\tworld "}))
     assert events == [
