@@ -555,9 +555,13 @@ async def test_sqlite_writers_of_one_process_take_turns_instead_of_meeting_the_l
     async with open_store(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}") as store:
         if not turns:
             store._write_turn = None
-        runs = await asyncio.gather(*(make_run(store) for _ in range(20)))
-        await asyncio.gather(
-            *(store.archive_events(run.id, [event(seq) for seq in range(1, 30)]) for run in runs)
-        )
+        # TaskGroups, not gather: when a write fails the others are cancelled and awaited
+        # before the store closes, so a failing variant leaves no connection behind.
+        async with asyncio.TaskGroup() as tasks:
+            made = [tasks.create_task(make_run(store)) for _ in range(20)]
+        runs = [task.result() for task in made]
+        async with asyncio.TaskGroup() as tasks:
+            for run in runs:
+                tasks.create_task(store.archive_events(run.id, [event(s) for s in range(1, 30)]))
         for run in runs:
             assert len(await store.read_events(run.id, 0, 100)) == 29
