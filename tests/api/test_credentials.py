@@ -203,3 +203,15 @@ async def test_cors_lets_the_configured_origins_call_and_stream(
 def test_a_bad_cors_origin_stops_the_process_at_start() -> None:
     with pytest.raises(ConfigError, match="RUNSTREAM_CORS_ORIGINS"):
         load_settings(cors_origins="app.example.com")
+
+
+async def test_an_unauthenticated_stream_is_told_how_to_authenticate(secured: Api) -> None:
+    unknown = "00000000-0000-4000-8000-000000000000"
+    async with secured.client() as client:
+        refused = await client.get(f"/runs/{unknown}/stream")
+        assert_error(refused, 401, "unauthorized")
+        assert refused.headers["www-authenticate"] == "Bearer"
+        wrong = await client.get(f"/runs/{unknown}/stream", params={"token": "nope"})
+        assert_error(wrong, 401, "unauthorized")
+        known = await client.get(f"/runs/{unknown}/stream", params={"token": KEY})
+        assert_error(known, 404, "not_found")

@@ -213,20 +213,3 @@ async def test_the_stream_route_refuses_what_fastapi_refused_in_the_error_shape(
     assert (await client.get(f"{path}/", params={"after": "now"})).status_code == 204
     repeated = await client.get(f"{path}?after=1&after=now")
     assert repeated.status_code == 204
-
-
-async def test_an_unauthenticated_stream_is_told_how_to_authenticate(
-    redis_url: str, sqlite_url: str
-) -> None:
-    settings = make_settings(
-        redis_url, sqlite_url, instance="api-auth", api_keys="k-0123456789abcdef=a"
-    )
-    async with running_api(settings) as api, api.client() as client:
-        unknown = "00000000-0000-4000-8000-000000000000"
-        refused = await client.get(f"/runs/{unknown}/stream")
-        assert_error(refused, 401, "unauthorized")
-        assert refused.headers["www-authenticate"] == "Bearer"
-        wrong = await client.get(f"/runs/{unknown}/stream", params={"token": "nope"})
-        assert_error(wrong, 401, "unauthorized")
-        known = await client.get(f"/runs/{unknown}/stream", params={"token": "k-0123456789abcdef"})
-        assert_error(known, 404, "not_found")

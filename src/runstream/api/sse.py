@@ -115,9 +115,9 @@ class EventStream:
         "_max_s",
         "_on_close",
         "_prelude",
+        "_run_id",
         "_send_timeout_s",
         "_streams",
-        "run_id",
     )
 
     def __init__(
@@ -135,7 +135,7 @@ class EventStream:
         self._batches = batches
         self._prelude = prelude
         self._streams = streams
-        self.run_id = run_id
+        self._run_id = run_id  # for the log
         self._labels = labels  # (role, instance), for the stream metrics
         self._send_timeout_s = send_timeout_s
         self._max_s = max_s
@@ -183,7 +183,7 @@ class EventStream:
                         if batch is not None:
                             delivered.inc(len(batch))
                 except BackendUnavailable as exc:
-                    log.warning("stream ended early", run_id=self.run_id, error=str(exc))
+                    log.warning("stream ended early", run_id=self._run_id, error=str(exc))
                 finally:
                     watcher.cancel()
 
