@@ -10,9 +10,11 @@ events or its archive any other way. The steps, in the order the delivery rules 
   the control message (in the same call), then, if the run was still queued, its end:
   it never started, so its stream holds only the terminal event.
 - **finish** (and stop while queued, and an orphan's end): the record final first, then
-  the terminal status event, then the archive (:meth:`RunService._end`, the one place
-  that order is written). "The record leads the stream": a client that saw the terminal
-  event and then reads the run sees the same status.
+  the terminal status event (:meth:`RunService._end`, the one place that order is
+  written). "The record leads the stream": a client that saw the terminal event and then
+  reads the run sees the same status. The archive goes in the record's transaction when
+  the writer kept every event, else it is read back from the log after the terminal
+  event.
 
 Every error that leaves this module is one of runstream's (``errors.py``).
 """
@@ -41,6 +43,7 @@ from runstream.errors import (
 from runstream.metrics import APPEND_ROUND_TRIPS, EVENTS_APPENDED, RUN_OUTCOMES
 from runstream.models import Event, Run, RunStatus, status_event, utcnow
 from runstream.resources import Resources
+from runstream.store.repository import ARCHIVE_BATCH
 from runstream.streams.eventlog import REFUSED, Fence
 
 log = structlog.get_logger(__name__)
@@ -187,6 +190,15 @@ class EventWriter:
         """An append's outcome is unknown (it failed, perhaps after landing): what the
         log holds is no longer known here, so the archive reads it back."""
         self._kept = None
+
+    def archive_with(self, terminal: Event) -> list[Event] | None:
+        """Every event of the run followed by its ``terminal`` one, to archive with the
+        record's ending in one transaction; None when this writer did not keep them all
+        or they are too many for one (the archive is written after, as before)."""
+        kept = self._kept
+        if kept is None or len(kept.ends) >= ARCHIVE_BATCH:
+            return None
+        return [*kept.events(), terminal]
 
     @property
     def all_events(self) -> list[Event] | None:
@@ -360,7 +372,7 @@ class RunService:
             run_id,
             writer,
             Outcome(RunStatus.STOPPED),
-            lambda at: self._res.store.stop_queued(run_id, at),
+            lambda at, archive: self._res.store.stop_queued(run_id, at, archive),
             retry_s=API_RETRY_S,
         )
         log.info("stop requested", run_id=run_id, principal=principal, was_queued=bool(stopped))
@@ -390,7 +402,7 @@ class RunService:
     async def finish(self, run_id: str, writer: EventWriter, outcome: Outcome) -> Run | None:
         """End a running run with ``outcome``; None when someone else ended it first."""
 
-        def record(completed_at: datetime) -> Awaitable[Run | None]:
+        def record(completed_at: datetime, archive: Sequence[Event]) -> Awaitable[Run | None]:
             return self._res.store.finish_run(
                 run_id,
                 status=outcome.status,
@@ -398,6 +410,7 @@ class RunService:
                 last_seq=writer.next_seq,
                 completed_at=completed_at,
                 from_statuses=(RunStatus.RUNNING,),
+                archive=archive,
             )
 
         return await self._end(run_id, writer, outcome, record, retry_s=WORKER_RETRY_S)
@@ -418,22 +431,26 @@ class RunService:
         run_id: str,
         writer: EventWriter,
         outcome: Outcome,
-        record: Callable[[datetime], Awaitable[Run | None]],
+        record: Callable[[datetime, Sequence[Event]], Awaitable[Run | None]],
         *,
         retry_s: float,
     ) -> Run | None:
         completed_at = utcnow()
-        final = await retrying(lambda: record(completed_at), within_s=retry_s)
+        terminal = status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
+        # The usual run is archived by the transaction that ends its record: one
+        # transaction per ending, not two. The archive leads the stream then too, which
+        # changes nothing a reader sees: it reads the archive only once the log is gone.
+        archive = writer.archive_with(terminal)
+        final = await retrying(lambda: record(completed_at, archive or ()), within_s=retry_s)
         if final is None:
             return None  # not in the state this ending starts from: someone else ended it
         log.info("run finished", run_id=run_id, status=outcome.status.value, error=outcome.error)
         RUN_OUTCOMES.labels(self._res.role, self._res.settings.instance, outcome.status.value).inc()
-        await writer.write(
-            status_event(outcome.status, writer.next_seq, completed_at, outcome.error)
-        )
+        await writer.write(terminal)
         with contextlib.suppress(BackendUnavailable):  # else its lease expires by itself
             await self._res.quotas.release_run(final.principal, run_id)
-        await retrying(lambda: self._archive(run_id, writer), within_s=retry_s)
+        if archive is None:
+            await retrying(lambda: self._archive(run_id, writer), within_s=retry_s)
         return final
 
     async def _archive(self, run_id: str, writer: EventWriter) -> None:

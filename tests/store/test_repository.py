@@ -247,6 +247,36 @@ async def test_list_runs_refuses_a_limit_below_one(store: RunStore) -> None:
 # --- state changes ------------------------------------------------------------------
 
 
+async def test_a_final_transition_archives_its_events_only_when_it_applies(
+    store: RunStore,
+) -> None:
+    run = await make_run(store)
+    await store.mark_running(run.id, T0)
+    events = [event(1), event(2)]
+
+    ended = await store.finish_run(
+        run.id,
+        status=RunStatus.COMPLETED,
+        error=None,
+        last_seq=2,
+        completed_at=T0,
+        archive=events,
+    )
+    again = await store.finish_run(
+        run.id,
+        status=RunStatus.FAILED,
+        error="late",
+        last_seq=3,
+        completed_at=T0,
+        archive=[event(1, "other"), event(2, "other"), event(3)],
+    )
+    not_queued = await store.stop_queued(run.id, T0, [event(3)])
+
+    assert ended is not None and ended.status is RunStatus.COMPLETED
+    assert again is None and not_queued is None
+    assert await store.read_events(run.id, after=0, limit=10) == events
+
+
 async def test_mark_running_only_from_queued(store: RunStore) -> None:
     run = await make_run(store)
     started = T0 + timedelta(seconds=1)

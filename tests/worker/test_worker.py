@@ -15,6 +15,7 @@ from runstream.models import RunStatus, utcnow
 from runstream.queue import open_queue
 from runstream.resources import open_commands
 from runstream.store.database import open_store
+from runstream.store.repository import RunStore
 from runstream.streams.connection import RedisErrors
 from runstream.streams.control import RunControl
 from runstream.streams.eventlog import EventLog
@@ -228,5 +229,34 @@ async def test_a_run_is_archived_as_logged_from_memory_unless_too_big_to_keep(
                 await asyncio.sleep(0.05)
     # Within the budget the worker archives what it appended; beyond, it reads the log.
     assert (run_id in log_reads) is (kept_bytes == 100)
+    archived, logged = await archived_and_logged(redis_url, sqlite_url, run_id)
+    assert archived == logged and len(archived) == 22
+
+
+async def test_a_run_costs_its_worker_two_database_transactions(
+    client: httpx.AsyncClient, redis_url: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Marking the run running is also how the worker reads it, and its ending archives
+    # it in the same transaction: no read before, no archive after.
+    calls: list[str] = []
+    real_writing, real_get_run = RunStore._writing, RunStore.get_run
+
+    def writing(store: RunStore) -> Any:
+        if store._role == "worker":
+            calls.append("write")
+        return real_writing(store)
+
+    async def get_run(store: RunStore, run_id: str, principal: str | None = None) -> Any:
+        if store._role == "worker":
+            calls.append("read")
+        return await real_get_run(store, run_id, principal)
+
+    monkeypatch.setattr(RunStore, "_writing", writing)
+    monkeypatch.setattr(RunStore, "get_run", get_run)
+    async with running_worker(make_settings(redis_url, sqlite_url, instance="txn")):
+        run_id = await start(client, "scripted", count=20)
+        events = await read_stream(client, run_id)
+    assert events[-1]["data"]["status"] == "completed"
+    assert calls == ["write", "write"]
     archived, logged = await archived_and_logged(redis_url, sqlite_url, run_id)
     assert archived == logged and len(archived) == 22

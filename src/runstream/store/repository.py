@@ -286,14 +286,18 @@ class RunStore:
             started_at=_to_utc(started_at),
         )
 
-    async def stop_queued(self, run_id: str, completed_at: datetime) -> Run | None:
+    async def stop_queued(
+        self, run_id: str, completed_at: datetime, archive: Sequence[Event] = ()
+    ) -> Run | None:
         """Stop a run that never started; None (and no change) if it was not queued.
 
         ``last_seq`` becomes 1: the terminal status event is the only event of such a run.
+        ``archive``: events archived in the same transaction when the stop applies.
         """
         return await self._transition(
             run_id,
             (RunStatus.QUEUED,),
+            archive,
             status=RunStatus.STOPPED.value,
             completed_at=_to_utc(completed_at),
             error=None,
@@ -309,11 +313,16 @@ class RunStore:
         last_seq: int,
         completed_at: datetime,
         from_statuses: tuple[RunStatus, ...] = (RunStatus.RUNNING,),
+        archive: Sequence[Event] = (),
     ) -> Run | None:
-        """Write a run's final state; None (and no change) if it was not in ``from_statuses``."""
+        """Write a run's final state; None (and no change) if it was not in ``from_statuses``.
+
+        ``archive``: events archived in the same transaction when the change applies (at
+        most ``ARCHIVE_BATCH``; more go through :meth:`archive_events`)."""
         return await self._transition(
             run_id,
             from_statuses,
+            archive,
             status=status.value,
             error=error,
             last_seq=last_seq,
@@ -321,10 +330,16 @@ class RunStore:
         )
 
     async def _transition(
-        self, run_id: str, from_statuses: tuple[RunStatus, ...], **values: Any
+        self,
+        run_id: str,
+        from_statuses: tuple[RunStatus, ...],
+        archive: Sequence[Event] = (),
+        **values: Any,
     ) -> Run | None:
         # One conditional UPDATE: the status check and the write cannot be interleaved
         # by another process, whatever the isolation level.
+        if len(archive) > ARCHIVE_BATCH:
+            raise ValueError(f"at most {ARCHIVE_BATCH} events archive with a transition")
         statement = (
             update(RUNS)
             .where(RUNS.c.id == run_id, RUNS.c.status.in_([s.value for s in from_statuses]))
@@ -333,7 +348,12 @@ class RunStore:
         )
         async with self._writing() as connection:
             row = (await connection.execute(statement)).mappings().first()
-            return None if row is None else _to_run(row)
+            if row is None:
+                return None
+            if archive:
+                rows = _event_rows(run_id, archive)
+                await connection.execute(_insert_events_ignoring_duplicates(connection), rows)
+            return _to_run(row)
 
     async def archive_events(self, run_id: str, events: Sequence[Event]) -> None:
         """Store a run's events; events already archived (same ``seq``) are skipped.
@@ -342,10 +362,7 @@ class RunStore:
         write lock for long; a retry after a partial failure fills in what is missing.
         """
         for start in range(0, len(events), ARCHIVE_BATCH):
-            rows = [
-                {"run_id": run_id, "seq": event.seq, "type": event.type, "data": event.data}
-                for event in events[start : start + ARCHIVE_BATCH]
-            ]
+            rows = _event_rows(run_id, events[start : start + ARCHIVE_BATCH])
             async with self._writing() as connection:
                 await connection.execute(_insert_events_ignoring_duplicates(connection), rows)
 
@@ -391,6 +408,13 @@ class RunStore:
         query = query.order_by(RUNS.c.created_at, RUNS.c.id).limit(limit)
         async with self._transaction() as connection:
             return [_to_run(row) for row in (await connection.execute(query)).mappings()]
+
+
+def _event_rows(run_id: str, events: Sequence[Event]) -> list[dict[str, Any]]:
+    return [
+        {"run_id": run_id, "seq": event.seq, "type": event.type, "data": event.data}
+        for event in events
+    ]
 
 
 def _insert_events_ignoring_duplicates(connection: AsyncConnection) -> Any:

@@ -90,38 +90,46 @@ class Executor:
     # -- entry point ------------------------------------------------------------------
 
     async def execute(self, run_id: str) -> None:
-        """Execute ``run_id`` once; a delivery of a run that is not queued is skipped."""
+        """Execute ``run_id`` once; a delivery of a run that is not queued is skipped
+        (or, when it is running and its worker is gone, the run is ended)."""
         with structlog.contextvars.bound_contextvars(run_id=run_id, instance=self._owner):
-            run = await self._runs.load(run_id)
-            if run is None or run.status.is_final:
-                return
-            if run.status is RunStatus.RUNNING:
-                await self.end_orphan(run)
-                return
-            async with self._locked(run) as fence:
+            async with self._locked(run_id) as fence:
                 if fence is not None:  # else another worker has it
-                    await self._execute_locked(run, fence)
+                    await self._execute_locked(run_id, fence)
 
     async def end_orphan(self, run: Run) -> bool:
         """End a ``running`` run whose worker is gone; False while its lock is held."""
-        async with self._locked(run, keep=False) as fence:
+        async with self._locked(run.id) as fence:
             if fence is not None:
                 await self._runs.end_orphan(run, fence)
             return fence is not None
 
-    async def _execute_locked(self, run: Run, fence: Fence) -> None:
+    async def _execute_locked(self, run_id: str, fence: Fence) -> None:
         # Listen for control messages before looking at the stop flag, so a stop that
         # comes in between is heard one way or the other.
         # A SubscribeError leaves the run queued; the queue delivers it again.
-        async with self._res.hub.subscribe(keys.run_control(run.id)) as control:
-            started = await self._runs.start(run.id)
+        async with self._res.hub.subscribe(keys.run_control(run_id)) as control:
+            # Marking it running is also how the run is read: one transaction, where a
+            # read first and then the write took two for every run.
+            started = await self._runs.start(run_id)
             if started is None:
-                return  # stopped while queued: its stream already holds its terminal event
-            with contextlib.suppress(BackendUnavailable):  # renewed with the lock anyway
-                await self._res.quotas.renew_run(
-                    run.principal, run.id, self._runs.running_lease_s, starting=True
-                )
-            await self._run_started(started, control, fence)
+                await self._not_started(run_id, fence)
+                return
+            keeper = self._keep_lock(run_id, started.principal, fence.token)
+            async with helper_task(keeper, name="runstream-run-lock"):
+                with contextlib.suppress(BackendUnavailable):  # renewed with the lock anyway
+                    await self._res.quotas.renew_run(
+                        started.principal, run_id, self._runs.running_lease_s, starting=True
+                    )
+                await self._run_started(started, control, fence)
+
+    async def _not_started(self, run_id: str, fence: Fence) -> None:
+        """A delivery of a run that was not queued: gone, ended (stopped while queued,
+        its stream holds its terminal event already), or running with its worker gone,
+        since this worker holds its lock now; that one is ended here."""
+        run = await self._runs.load(run_id)
+        if run is not None and run.status is RunStatus.RUNNING:
+            await self._runs.end_orphan(run, fence)
 
     async def _run_started(self, run: Run, control: Subscription, fence: Fence) -> None:
         writer = await self._runs.writer(run, fence)
@@ -261,26 +269,19 @@ class Executor:
     # -- the lock ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _locked(self, run: Run, *, keep: bool = True) -> AsyncIterator[Fence | None]:
-        """Take the run's lock for the block (renewed while it runs when ``keep``); yields
-        its fence, or None, holding nothing, when another worker has it.
+    async def _locked(self, run_id: str) -> AsyncIterator[Fence | None]:
+        """Take the run's lock for the block; yields its fence, or None, holding nothing,
+        when another worker has it. A run being executed renews it (``_keep_lock``).
 
         The lock's value is this worker's instance plus a token of this taking, so the
         append script can refuse a writer whose lock someone else took since (fencing).
         """
-        run_id = run.id
         token = f"{self._owner}:{secrets.token_hex(6)}"
         if not await self._res.control.acquire(run_id, token, self._lock_ttl_s):
             yield None
             return
-        fence = Fence(token, int(self._lock_ttl_s * 1000))
         try:
-            if keep:
-                keeper = self._keep_lock(run_id, run.principal, token)
-                async with helper_task(keeper, name="runstream-run-lock"):
-                    yield fence
-            else:
-                yield fence
+            yield Fence(token, int(self._lock_ttl_s * 1000))
         finally:
             with contextlib.suppress(RunstreamError, TimeoutError):  # the TTL ends it anyway
                 await finish_shielded(

@@ -520,7 +520,7 @@ class PubSubHub:
             self._pending = {}
             self._confirmed = set()
             if ps is not None:
-                await ps.aclose()  # type: ignore[no-untyped-call]
+                await ps.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         self._wake()
 
     async def _read_until_error(self) -> None:
