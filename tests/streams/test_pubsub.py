@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
 
 from runstream.errors import SubscribeError
 from runstream.streams.pubsub import RESYNC, open_hub
-from runstream.streams.pubsub.hub import Subscription
+from runstream.streams.pubsub.hub import PubSubHub, Subscription
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
 
@@ -60,6 +61,19 @@ async def test_message_reaches_every_local_subscriber_once(redis_url: str) -> No
             assert await publish(redis_url, "news", b"hello") == 1  # one server subscriber
             assert await asyncio.wait_for(a.get(), 5) == b"hello"
             assert await asyncio.wait_for(b.get(), 5) == b"hello"
+
+
+async def test_joining_a_confirmed_channel_waits_for_no_command_in_flight(redis_url: str) -> None:
+    async with open_hub(redis_url, role="test", instance="hub") as h:
+        hub = cast(PubSubHub, h)  # the single-node hub: its lock
+        async with h.subscribe("news"):
+            # While the hub's lock is held (a command on another channel, a reconnect),
+            # a burst of readers joining "news" does not queue behind it.
+            async with hub._lock:
+                async with asyncio.timeout(5):
+                    async with h.subscribe("news") as joined, h.subscribe("news"):
+                        assert await publish(redis_url, "news", b"hi") == 1
+                        assert await joined.get() == b"hi"
 
 
 async def test_last_subscriber_leaving_unsubscribes_on_server(
@@ -152,7 +166,7 @@ async def test_hub_never_opens_a_second_connection(
     assert all(seen == ["runstream:test:hub:pubsub"] for seen in names), names
 
 
-async def test_a_subscription_waits_at_most_its_timeout_and_leaves_no_timer_behind() -> None:
+async def test_a_subscription_waits_at_most_its_timeout_and_closes_its_timer() -> None:
     sub = Subscription("ch", maxsize=4)
     with pytest.raises(TimeoutError):
         await sub.get(timeout=0.05)
@@ -174,6 +188,38 @@ async def test_a_subscription_waits_at_most_its_timeout_and_leaves_no_timer_behi
     assert sub._waiter is None
     sub._deliver(b"three")  # delivered after the cancel: kept for the next get
     assert sub.drain() == [b"three"]
+    sub.close()
+    assert sub._timer is None
+
+
+async def test_a_busy_subscription_arms_one_timer_and_still_times_out_when_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, asyncio.BaseEventLoop)  # its call_later goes through call_at
+    timers = 0
+    call_at = loop.call_at
+
+    def counted(*args: object, **kwargs: object) -> asyncio.TimerHandle:
+        nonlocal timers
+        timers += 1
+        return call_at(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    sub = Subscription("ch", maxsize=4)
+    for n in range(100):  # a reader waiting for each of 100 messages, as a busy stream's
+        loop.call_soon(sub._deliver, b"%d" % n)
+        assert await sub.get(timeout=30) == b"%d" % n
+    assert timers == 1  # a timer set and cancelled per get() was 100
+    loop.call_later(0.1, sub._deliver, b"late")
+    assert await sub.get(timeout=0.2) == b"late"  # an earlier deadline: the timer re-set
+    # That timer fires at the last get's deadline, before this get's: it re-arms for it,
+    # so the quiet wait lasts its whole timeout, then ends.
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await sub.get(timeout=0.2)
+    assert loop.time() - started >= 0.19
+    sub.close()
 
 
 async def test_a_full_subscription_is_emptied_and_told_to_resync() -> None:

@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
                     yield {"api": state}
                 finally:
                     app.state.api = None
+                    streams.stop_checking()
         log.info("api stopped", instance=settings.instance)
 
     app = FastAPI(
