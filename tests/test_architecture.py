@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,3 +151,17 @@ def test_api_catches_no_foreign_errors() -> None:
 )
 def test_each_check_catches_what_it_forbids(checker: Checker, bad: str) -> None:
     assert list(checker(ast.parse(bad)))
+
+
+def test_the_server_commands_load_no_http_client() -> None:
+    # `runstream api` and `runstream worker` start from the command line's package; the
+    # client's httpx (2.7 MiB of a server's RSS) loads only for the commands that use it.
+    code = (
+        "import sys, runstream.cli.main, runstream.cli.server, runstream.cli.worker; "
+        "print(sorted(m for m in ('httpx', 'httpx_sse', 'runstream.client.client') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"

@@ -27,7 +27,7 @@ from runstream.cli.loop import run as run_loop
 from runstream.cli.server import build_server, check_bind, serve
 from runstream.cli.signals import Interrupts, handle_signals
 from runstream.cli.worker import still_winding_down
-from runstream.client.http import DEFAULT_API_URL
+from runstream.client.defaults import DEFAULT_API_URL
 from runstream.config import load_settings, redact_url
 from runstream.errors import ConfigError
 from runstream.worker.process import run_worker

@@ -21,8 +21,8 @@ from runstream.cli.loop import run as run_loop
 from runstream.cli.options import ApiUrlOption, TokenOption
 from runstream.cli.runs import agents, runs_app
 from runstream.cli.soak import soak
+from runstream.client.defaults import DEFAULT_API_URL
 from runstream.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError
-from runstream.client.http import DEFAULT_API_URL
 from runstream.config import load_settings
 from runstream.errors import ConfigError, RunstreamError, describe
 from runstream.logs import LEVELS, configure_logging

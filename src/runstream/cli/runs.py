@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.table import Column, Table
 
 from runstream.cli.options import ApiUrlOption, TokenOption
-from runstream.client import Client, Run
-from runstream.client.http import DEFAULT_API_URL
+from runstream.client.defaults import DEFAULT_API_URL
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from runstream.client import Client, Run
 
 runs_app = typer.Typer(help="List, show, stop and follow runs.", no_args_is_help=True)
 
@@ -29,6 +32,14 @@ RunIdArgument = Annotated[str, typer.Argument(help="The run's id.")]
 def _json(value: Any) -> str:
     # Times as the API writes them: ISO 8601 with a Z.
     return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
+
+
+def _client(api_url: str, token: str | None) -> Client:
+    # Imported when a command runs: the package's command line (``runstream api`` too)
+    # does not load httpx otherwise.
+    from runstream.client import Client
+
+    return Client(api_url, token=token)
 
 
 def _run_json(run: Run) -> str:
@@ -50,7 +61,7 @@ def list_runs(
 
     async def fetch() -> list[Run]:
         found: list[Run] = []
-        async with Client(api_url, token=token) as client:
+        async with _client(api_url, token) as client:
             async for run in client.list(status=status, thread_id=thread_id):
                 found.append(run)
                 if len(found) >= limit:
@@ -93,7 +104,7 @@ def _print_run(api_url: str, token: str | None, call: Callable[[Client], Awaitab
     from runstream.cli.main import reported_errors
 
     async def fetch() -> Run:
-        async with Client(api_url, token=token) as client:
+        async with _client(api_url, token) as client:
             return await call(client)
 
     with reported_errors():
@@ -130,7 +141,7 @@ def agents(
     from runstream.cli.output import consoles
 
     async def fetch() -> list[dict[str, Any]]:
-        async with Client(api_url, token=token) as client:
+        async with _client(api_url, token) as client:
             return await client.agents()
 
     with reported_errors():

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 
 from runstream.cli.options import ApiUrlOption, TokenOption
+from runstream.client.defaults import DEFAULT_API_URL
 from runstream.client.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ClientError
-from runstream.client.http import DEFAULT_API_URL
 from runstream.soak.mix import DEFAULT_MIX
 
 if TYPE_CHECKING:

@@ -37,9 +37,9 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from runstream.client.defaults import DEFAULT_API_URL
 from runstream.client.events import StreamEvent, parse_event
 from runstream.client.http import (
-    DEFAULT_API_URL,
     REQUEST_TIMEOUT_S,
     STREAM_READ_TIMEOUT_S,
     ApiUnreachable,

@@ -14,8 +14,6 @@ from runstream.client.errors import ClientError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-DEFAULT_API_URL: Final = "http://127.0.0.1:8000"
-
 STREAM_READ_TIMEOUT_S: Final = 60.0
 """Longest silence on a stream before it counts as dropped: the server sends a keep-alive
 every ``HEARTBEAT_S`` (15 s by default), so this is several missed heartbeats."""
