@@ -1,7 +1,9 @@
 """``python -m bench``: runstream and the per-stream pattern, side by side, at each size.
 
 Phases, in order: the physical reference (redis-benchmark), the streams phase at each S
-(both implementations), the idle-stream memory phase, the worker throughput phase at each
+(both implementations), the workload's own ceiling at each S (its runs on runstream's
+worker with no stream open: the events/s no implementation can beat), the idle-stream
+memory phase, the worker throughput phase at each
 R and database, Redis round trips per event at 200 events/s per run, and runstream on
 one node against a cluster. Results go to ``<out>/<timestamp>/``: ``summary.json``,
 ``table.md``, ``chart.png`` and ``raw/`` (process logs and per-stream load results).
@@ -23,13 +25,14 @@ from types import FrameType
 from typing import Any
 
 from bench import machine, pg, report
+from bench.ceiling import ceiling_phase
 from bench.cluster import MASTERS, cluster_phase
 from bench.phases import Options, idle_phase, physical_phase, streams_phase, throughput_phase
 from bench.procs import raise_fd_limit
 from bench.roundtrips import roundtrips_phase
 from bench.systems import IMPLEMENTATIONS, Spec
 
-PHASES = ("physical", "streams", "idle", "throughput", "roundtrips", "cluster")
+PHASES = ("physical", "streams", "ceiling", "idle", "throughput", "roundtrips", "cluster")
 QUICK = {
     "streams": "100,1000",
     "runs": "10,100",
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "notes": _port_notes(streams) if "pattern" in impls else [],
         "streams": [],
+        "ceiling": [],
         "idle": [],
         "throughput": [],
         "roundtrips": [],
@@ -194,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                 what = f"streams: {impl} S={size}"
                 r = _attempt(what, partial(streams_phase, specs[impl], size, opts))
                 results["streams"].append({"implementation": impl, "streams": size, **r})
+        for size in streams if "ceiling" in phases and "runstream" in impls else []:
+            what = f"ceiling: runstream's worker alone, S={size}"
+            r = _attempt(what, partial(ceiling_phase, specs["runstream"], size, opts))
+            results["ceiling"].append({"implementation": "runstream", "streams": size, **r})
         for size in idle if "idle" in phases else []:
             for impl in impls:
                 r = _attempt(f"idle: {impl} N={size}", partial(idle_phase, specs[impl], size, opts))

@@ -86,6 +86,19 @@ def _failures(item: dict[str, Any]) -> str:
     return text.replace("|", "/")
 
 
+def _ceiling_row(item: dict[str, Any]) -> Row:
+    label = "the workload's ceiling, events / s (its runs alone: first start to last end)"
+    where = f"S={item.get('streams', 0):,}"
+    if "ceiling_events_per_s" not in item:
+        return (label, where, "", "no result: " + str(item.get("error", "?"))[:120], "")
+    run_s = item["run_s"]
+    text = (
+        f"{_num(item['ceiling_events_per_s'])} (window {item['window_s']:.2f} s: runs took "
+        f"{run_s['min']:.2f}-{run_s['max']:.2f} s, started within {item['start_spread_s']:.2f} s)"
+    )
+    return (label, where, "", text, "")
+
+
 def table_rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the comparison table."""
     rows: list[Row] = []
@@ -124,6 +137,8 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                 _path("load", "events_per_s"),
             )
         )
+    for item in results.get("ceiling", []):
+        rows.append(_ceiling_row(item))
     for q in ("p50", "p99"):
         for size, pair in grouped:
             rows.append(
@@ -268,7 +283,7 @@ def markdown(results: dict[str, Any]) -> str:
     errors = [
         f"{kind} {item.get('implementation')} {item.get('streams') or item.get('runs')}: "
         f"{item['error']}"
-        for kind in ("streams", "idle", "throughput", "roundtrips")
+        for kind in ("streams", "ceiling", "idle", "throughput", "roundtrips")
         for item in results.get(kind, [])
         if item.get("error")
     ]
