@@ -384,9 +384,10 @@ class RunService:
         """The run whoever its principal (for the worker)."""
         return await self._res.store.get_run(run_id)
 
-    async def start(self, run_id: str) -> Run | None:
-        """Mark a queued run running; None when it is not queued (a stop came first)."""
-        return await self._res.store.mark_running(run_id, utcnow())
+    async def start_many(self, run_ids: Sequence[str]) -> dict[str, Run]:
+        """Mark the queued runs among ``run_ids`` running, in one transaction; the runs
+        started, by id (one that was not queued is absent: a stop came first)."""
+        return await self._res.store.mark_running_many(run_ids, utcnow())
 
     async def stop_requested(self, run_id: str) -> bool:
         """Whether a stop was requested for the run (the durable flag)."""

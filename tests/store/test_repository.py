@@ -291,6 +291,24 @@ async def test_mark_running_only_from_queued(store: RunStore) -> None:
     assert await store.mark_running(str(uuid.uuid4()), started) is None
 
 
+async def test_mark_running_many_moves_only_the_queued_runs(store: RunStore) -> None:
+    runs = [await make_run(store) for _ in range(4)]
+    await store.mark_running(runs[0].id, T0)
+    assert await store.stop_queued(runs[1].id, T0) is not None
+    started = T0 + timedelta(seconds=2)
+    ids = [run.id for run in runs] + [str(uuid.uuid4())]
+
+    moved = await store.mark_running_many(ids, started)
+
+    assert sorted(moved) == sorted([runs[2].id, runs[3].id])
+    for run_id, run in moved.items():
+        assert run.status is RunStatus.RUNNING and run.started_at == started
+        assert await store.get_run(run_id) == run
+    first = await store.get_run(runs[0].id)
+    assert first is not None and first.started_at == T0  # running already: untouched
+    assert await store.mark_running_many(ids, started) == {}
+
+
 async def test_concurrent_mark_running_has_one_winner(store: RunStore) -> None:
     run = await make_run(store)
 

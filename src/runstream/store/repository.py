@@ -32,6 +32,8 @@ EVENTS = metadata.tables[EventRow.__tablename__]
 
 ARCHIVE_BATCH = 500
 """Events per INSERT when archiving: far below SQLite's and asyncpg's parameter limits."""
+MAX_STARTS = 500
+"""Runs marked running by one UPDATE: as far below those limits."""
 
 # What "the database cannot serve us now" looks like: SQLAlchemy's wrappers of the
 # drivers' connection errors, and the socket errors and connect timeouts that asyncpg
@@ -277,12 +279,24 @@ class RunStore:
 
     async def mark_running(self, run_id: str, started_at: datetime) -> Run | None:
         """Move a queued run to running; None (and no change) if it was not queued."""
-        return await self._transition(
-            run_id,
-            (RunStatus.QUEUED,),
-            status=RunStatus.RUNNING.value,
-            started_at=_to_utc(started_at),
+        return (await self.mark_running_many([run_id], started_at)).get(run_id)
+
+    async def mark_running_many(
+        self, run_ids: Sequence[str], started_at: datetime
+    ) -> dict[str, Run]:
+        """Move the queued runs among ``run_ids`` to running, in one statement; the runs
+        moved, by id (a run that was not queued is left as it was, and absent)."""
+        if len(run_ids) > MAX_STARTS:
+            raise ValueError(f"at most {MAX_STARTS} runs start in one statement")
+        statement = (
+            update(RUNS)
+            .where(RUNS.c.id.in_(run_ids), RUNS.c.status == RunStatus.QUEUED.value)
+            .values(status=RunStatus.RUNNING.value, started_at=_to_utc(started_at))
+            .returning(*RUNS.c)
         )
+        async with self._writing() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return {row["id"]: _to_run(row) for row in rows}
 
     async def stop_queued(
         self, run_id: str, completed_at: datetime, archive: Sequence[Event] = ()

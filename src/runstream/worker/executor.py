@@ -31,6 +31,7 @@ from runstream.streams.eventlog import Fence
 from runstream.streams.pubsub import RESYNC, Message, Subscription
 from runstream.worker.batching import Appender, EventBatcher, batching
 from runstream.worker.limits import RunBudget
+from runstream.worker.starts import Starts
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +61,10 @@ class ActiveRun:
 class Executor:
     """Runs agents for the queue's tasks and ends them, whatever happens."""
 
-    def __init__(self, resources: Resources, appender: Appender) -> None:
+    def __init__(self, resources: Resources, appender: Appender, starts: Starts) -> None:
         self._res = resources
         self._appender = appender
+        self._starts = starts
         self._runs = RunService(resources)
         self._settings = resources.settings
         self._owner = resources.settings.instance
@@ -110,8 +112,9 @@ class Executor:
         # A SubscribeError leaves the run queued; the queue delivers it again.
         async with self._res.hub.subscribe(keys.run_control(run_id)) as control:
             # Marking it running is also how the run is read: one transaction, where a
-            # read first and then the write took two for every run.
-            started = await self._runs.start(run_id)
+            # read first and then the write took two for every run; and one for every
+            # run starting meanwhile (``starts.py``).
+            started = await self._starts.start(run_id)
             if started is None:
                 await self._not_started(run_id, fence)
                 return

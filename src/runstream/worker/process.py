@@ -23,10 +23,11 @@ from runstream.metrics import SWEEPS
 from runstream.models import RunStatus, utcnow
 from runstream.observability import PROCESS, RunGauges
 from runstream.resources import Resources, open_resources
-from runstream.service import SHUTDOWN_ERROR
+from runstream.service import SHUTDOWN_ERROR, RunService
 from runstream.worker.batching import open_appender
 from runstream.worker.executor import Executor
 from runstream.worker.observe import serving_observation
+from runstream.worker.starts import open_starts
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,8 @@ async def run_worker(
     async with contextlib.AsyncExitStack() as stack:
         resources = await stack.enter_async_context(open_resources(settings, role="worker"))
         appender = await stack.enter_async_context(open_appender(resources))
-        executor = Executor(resources, appender)
+        starts = await stack.enter_async_context(open_starts(RunService(resources)))
+        executor = Executor(resources, appender, starts)
         gauges = RunGauges(lambda: executor.active_runs, executor.oldest_run_age_s)
         stack.enter_context(PROCESS.watching(resources, runs=gauges))
         if settings.metrics_port is not None:
