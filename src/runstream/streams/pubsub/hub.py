@@ -335,6 +335,8 @@ class PubSubHub:
             if not subs:
                 del self._wanted[channel]
                 self._decoders.pop(channel, None)
+        if self._settled(channel):
+            return  # others still follow it: nothing to send, no shielded task for it
         try:
             await finish_shielded(self._reconcile(channel), within_s=self._confirm_timeout)
         except TimeoutError:
