@@ -28,7 +28,8 @@ import httpx
 from bench.logscan import server_reasons
 from bench.procs import LOOPBACK, RedisServer, redis_server
 from bench.procstat import rss_bytes
-from bench.sampler import Sampler
+from bench.redisraw import RawRedis
+from bench.sampler import Sampler, by_role
 from bench.systems import REPO_ROOT, Running, Spec, running_system
 
 MiB = 2**20
@@ -318,8 +319,21 @@ async def _count_final(client: httpx.AsyncClient) -> int:
     return total
 
 
+async def _worker_consuming(system: Running, timeout_s: float = 60.0) -> float:
+    """Seconds until the worker's queue connection shows in ``CLIENT LIST``: the measure
+    starts once the worker consumes, not while it imports (runstream's worker takes 1.2-2
+    s to start, the pattern's less, and a fixed wait counted the difference as its runs')."""
+    t0 = time.monotonic()
+    async with RawRedis(LOOPBACK, system.redis.port, "bench:ready") as raw:
+        while time.monotonic() - t0 < timeout_s:
+            if by_role(await raw.client_names()).get("worker:queue", 0) > 0:
+                return time.monotonic() - t0
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"the worker took no queue connection within {timeout_s:.0f} s")
+
+
 async def _throughput(system: Running, database: str, runs: int, opts: Options) -> dict[str, Any]:
-    await asyncio.sleep(1.0)  # the worker's start is not part of the measure
+    ready_s = await _worker_consuming(system)  # the worker's start is not part of the measure
     sampler = Sampler(system.redis.port, opts.sample_s)
     body = {"agent": "scripted", "input": {"count": opts.count, "interval_ms": opts.interval_ms}}
     run_s = opts.count * opts.interval_ms / 1000
@@ -356,6 +370,7 @@ async def _throughput(system: Running, database: str, runs: int, opts: Options) 
         "implementation": system.spec.kind,
         "database": database,
         "runs": runs,
+        "worker_ready_s": ready_s,
         "create_errors": errors,
         "created_s": created_s,
         "final": done,
