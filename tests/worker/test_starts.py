@@ -20,6 +20,13 @@ from tests.conftest import wait_until
 from tests.system import Worker
 
 
+@pytest.fixture
+def resources(worker: Worker) -> Resources:
+    """The running worker's resources: its store and pools, for a Starts of the test's."""
+    assert worker.resources is not None
+    return worker.resources
+
+
 async def queued(resources: Resources, count: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(count)]
     for run_id in ids:
@@ -61,10 +68,8 @@ def counting_transactions(monkeypatch: pytest.MonkeyPatch) -> list[None]:
 
 
 async def test_runs_starting_together_are_marked_running_in_one_transaction(
-    worker: Worker, monkeypatch: pytest.MonkeyPatch
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    resources = worker.resources
-    assert resources is not None
     ids = await queued(resources, 20)
     await resources.store.mark_running(ids[0], utcnow())  # started elsewhere already
     transactions = counting_transactions(monkeypatch)
@@ -77,10 +82,8 @@ async def test_runs_starting_together_are_marked_running_in_one_transaction(
 
 
 async def test_a_start_whose_caller_left_before_its_turn_leaves_the_run_queued(
-    worker: Worker,
+    resources: Resources,
 ) -> None:
-    resources = worker.resources
-    assert resources is not None
     first, left = await queued(resources, 2)
     store = resources.store
     turn = store._write_turn
@@ -102,10 +105,8 @@ async def test_a_start_whose_caller_left_before_its_turn_leaves_the_run_queued(
 
 
 async def test_a_failed_start_fails_every_run_of_its_transaction(
-    worker: Worker, monkeypatch: pytest.MonkeyPatch
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    resources = worker.resources
-    assert resources is not None
     ids = await queued(resources, 3)
 
     async def unreachable(*_: object) -> dict[str, object]:
