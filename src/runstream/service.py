@@ -389,6 +389,11 @@ class RunService:
         started, by id (one that was not queued is absent: a stop came first)."""
         return await self._res.store.mark_running_many(run_ids, utcnow())
 
+    async def unstart(self, run_ids: Sequence[str]) -> None:
+        """Put runs marked running back in the queued state: their executor was gone
+        before it drove them (the queue delivers them again), so they are not lost."""
+        await self._res.store.return_to_queue(run_ids)
+
     async def stop_requested(self, run_id: str) -> bool:
         """Whether a stop was requested for the run (the durable flag)."""
         return await self._res.control.stop_requested(run_id)

@@ -309,6 +309,27 @@ async def test_mark_running_many_moves_only_the_queued_runs(store: RunStore) -> 
     assert await store.mark_running_many(ids, started) == {}
 
 
+async def test_return_to_queue_puts_back_only_running_runs(store: RunStore) -> None:
+    running, ended = await make_run(store), await make_run(store)
+    await store.mark_running_many([running.id, ended.id], T0)
+    assert await store.stop_queued(ended.id, T0) is None  # running: not stopped this way
+    await store.finish_run(
+        ended.id,
+        status=RunStatus.COMPLETED,
+        error=None,
+        last_seq=1,
+        completed_at=T0,
+        from_statuses=(RunStatus.RUNNING,),
+    )
+
+    await store.return_to_queue([running.id, ended.id])
+
+    back = await store.get_run(running.id)
+    assert back is not None and back.status is RunStatus.QUEUED and back.started_at is None
+    final = await store.get_run(ended.id)
+    assert final is not None and final.status is RunStatus.COMPLETED
+
+
 async def test_concurrent_mark_running_has_one_winner(store: RunStore) -> None:
     run = await make_run(store)
 

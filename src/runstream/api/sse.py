@@ -91,6 +91,7 @@ class OpenStreams:
             self._check = None
 
     def _cut_stalled(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._check = None  # first: whatever happens below, the next send arms a check
         now = loop.time()
         for deadline, (overdue_at, within_s) in list(self._sending.items()):
             # An expired deadline's stream is already ending: one line per stream.

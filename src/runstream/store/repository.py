@@ -298,6 +298,17 @@ class RunStore:
             rows = (await connection.execute(statement)).mappings().all()
         return {row["id"]: _to_run(row) for row in rows}
 
+    async def return_to_queue(self, run_ids: Sequence[str]) -> None:
+        """Move the running runs among ``run_ids`` back to queued, as if never started:
+        for runs marked running whose executor had gone before it could drive them."""
+        statement = (
+            update(RUNS)
+            .where(RUNS.c.id.in_(run_ids), RUNS.c.status == RunStatus.RUNNING.value)
+            .values(status=RunStatus.QUEUED.value, started_at=None)
+        )
+        async with self._writing() as connection:
+            await connection.execute(statement)
+
     async def stop_queued(
         self, run_id: str, completed_at: datetime, archive: Sequence[Event] = ()
     ) -> Run | None:

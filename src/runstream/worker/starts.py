@@ -14,52 +14,70 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
+
 from runstream.concurrency import helper_task
-from runstream.errors import RunstreamError
+from runstream.errors import BackendUnavailable, RunstreamError, describe
 from runstream.models import Run
 from runstream.service import RunService
 from runstream.store.repository import MAX_STARTS
+
+log = structlog.get_logger(__name__)
 
 
 class Starts:
     """Marks queued runs running, one transaction per burst of runs.
 
-    Open with :func:`open_starts`; its task lives exactly as long as the block.
+    Open with :func:`open_starts`; its task lives exactly as long as the block, and no
+    caller outlives it: when it ends, every start still waiting fails.
     """
 
     def __init__(self, runs: RunService) -> None:
         self._runs = runs
         self._waiting: dict[str, asyncio.Future[Run | None]] = {}
+        self._in_flight: dict[str, asyncio.Future[Run | None]] = {}
         self._ready = asyncio.Event()
 
     async def start(self, run_id: str) -> Run | None:
         """Mark ``run_id`` running (with whichever runs start meanwhile); None when it
-        was not queued. Raises what the store raised (BackendUnavailable).
+        was not queued. Raises BackendUnavailable when the database refused, or
+        RuntimeError for any other failure of the transaction (each caller its own).
 
-        Cancelled before its turn, the run is left queued; cancelled during it, the run
-        may be running with nobody driving it, as when a lone UPDATE is cancelled: the
-        sweeper ends it once its lock is free.
+        A caller cancelled before its turn leaves its run queued; one cancelled during
+        it has its run put back to queued once the transaction is done, so the queue's
+        next delivery starts it.
         """
         if run_id in self._waiting:  # its lock is held by its one caller: a bug
             raise RuntimeError(f"run {run_id} is being started twice")
         future: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
         self._waiting[run_id] = future
         self._ready.set()
-        return await future
+        try:
+            return await future
+        finally:
+            if self._waiting.get(run_id) is future:  # cancelled before its turn
+                del self._waiting[run_id]
 
     async def _start_forever(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._waiting:
-                await self._start(self._take())
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._waiting:
+                    self._in_flight = self._take()
+                    await self._start(self._in_flight)
+                    self._in_flight = {}
+        finally:
+            # Cancelled (the block exits) or failed: no caller may wait for it any more.
+            gone = BackendUnavailable("the worker is shutting down", dependency="the worker")
+            _fail(self._in_flight | self._waiting, gone)
+            self._in_flight, self._waiting = {}, {}
 
     def _take(self) -> dict[str, asyncio.Future[Run | None]]:
-        # A caller cancelled while it waited is not started at all.
         batch: dict[str, asyncio.Future[Run | None]] = {}
         for run_id in list(self._waiting)[:MAX_STARTS]:
             future = self._waiting.pop(run_id)
-            if not future.done():
+            if not future.done():  # else its caller was cancelled: not started at all
                 batch[run_id] = future
         return batch
 
@@ -68,14 +86,41 @@ class Starts:
             return
         try:
             started = await self._runs.start_many(list(batch))
-        except RunstreamError as exc:
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
+        except Exception as exc:  # whatever it is, it is each caller's to report
+            _fail(batch, exc)
             return
+        # Callers cancelled while the transaction ran: their runs have nobody to drive them.
+        gone = [run_id for run_id, future in batch.items() if future.done() and run_id in started]
         for run_id, future in batch.items():
-            if not future.done():  # else cancelled meanwhile (see start)
+            if not future.done():
                 future.set_result(started.get(run_id))
+        if gone:
+            await self._unstart(gone)
+
+    async def _unstart(self, run_ids: list[str]) -> None:
+        # Marked running after their callers were cancelled: nobody drives them.
+        try:
+            await self._runs.unstart(run_ids)
+        except RunstreamError as exc:  # the sweeper ends them as lost instead
+            log.warning("runs left running without an executor", runs=run_ids, error=str(exc))
+
+
+def _fail(batch: dict[str, asyncio.Future[Run | None]], exc: BaseException) -> None:
+    """Fail every start of ``batch``, each with an exception of its own (one object
+    raised in many tasks would mix their tracebacks)."""
+    for future in batch.values():
+        if not future.done():
+            future.set_exception(_own_copy(exc))
+
+
+def _own_copy(exc: BaseException) -> Exception:
+    copy: Exception
+    if isinstance(exc, BackendUnavailable):
+        copy = BackendUnavailable(str(exc), dependency=exc.dependency)
+    else:
+        copy = RuntimeError(f"marking runs running failed: {describe(exc)}")
+    copy.__cause__ = exc
+    return copy
 
 
 @asynccontextmanager

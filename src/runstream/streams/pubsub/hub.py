@@ -199,7 +199,6 @@ class _Subscribing:
 
     async def __aexit__(self, *_: object) -> None:
         assert self._sub is not None
-        self._sub.close()
         await self._hub._remove(self._channel, self._sub)
 
 
@@ -329,6 +328,7 @@ class PubSubHub:
         return sub
 
     async def _remove(self, channel: str, sub: Subscription) -> None:
+        sub.close()  # its timer goes with it, on a single node and a cluster's link alike
         subs = self._wanted.get(channel)
         if subs is not None:
             subs.discard(sub)
