@@ -166,7 +166,7 @@ async def test_hub_never_opens_a_second_connection(
     assert all(seen == ["runstream:test:hub:pubsub"] for seen in names), names
 
 
-async def test_a_subscription_waits_at_most_its_timeout_and_closes_its_timer() -> None:
+async def test_a_subscription_waits_at_most_its_timeout_and_stops_its_timer() -> None:
     sub = Subscription("ch", maxsize=4)
     with pytest.raises(TimeoutError):
         await sub.get(timeout=0.05)
@@ -188,7 +188,7 @@ async def test_a_subscription_waits_at_most_its_timeout_and_closes_its_timer() -
     assert sub._waiter is None
     sub._deliver(b"three")  # delivered after the cancel: kept for the next get
     assert sub.drain() == [b"three"]
-    sub.close()
+    sub.stop_timer()
     assert sub._timer is None
 
 
@@ -219,7 +219,7 @@ async def test_a_busy_subscription_arms_one_timer_and_still_times_out_when_quiet
     with pytest.raises(TimeoutError):
         await sub.get(timeout=0.2)
     assert loop.time() - started >= 0.19
-    sub.close()
+    sub.stop_timer()
 
 
 async def test_a_full_subscription_is_emptied_and_told_to_resync() -> None:

@@ -128,14 +128,14 @@ class Subscription:
                 raise TimeoutError
         return self._items.pop(0)
 
-    def close(self) -> None:
+    def stop_timer(self) -> None:
         """Cancel the subscription's timer (it is unsubscribed)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self.close()
+        self.stop_timer()
         self._timer = loop.call_at(when, self._on_timer, loop)
         self._timer_at = when
 
@@ -328,7 +328,7 @@ class PubSubHub:
         return sub
 
     async def _remove(self, channel: str, sub: Subscription) -> None:
-        sub.close()  # its timer goes with it, on a single node and a cluster's link alike
+        sub.stop_timer()  # its timer goes with it, on a single node and a cluster's link alike
         subs = self._wanted.get(channel)
         if subs is not None:
             subs.discard(sub)
